@@ -1,0 +1,1 @@
+"""Target specs as data: one ``<name>.toml`` per device class (read by edgectl.targets)."""

@@ -1,0 +1,170 @@
+"""`edgectl compile` end to end on a real trained CNN: gate, outputs, signatures, bad input."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from edgectl.cli import app
+from edgectl.hashing import sha256_file
+from edgectl.manifest import verify_dir
+from edgectl.signing import load_public_key, write_keypair
+
+runner = CliRunner()
+TARGETS = ["x86_64-avx2", "x86_64-avx512-vnni", "arm64-cortex-a72", "arm64-cortex-a76", "jetson-orin-cpu"]
+
+
+def compile_args(model, out: Path, *extra: str) -> list[str]:
+    return [
+        "compile", str(model.onnx_path), "--calibration", str(model.calibration), "--eval", str(model.eval),
+        "--labels", str(model.labels), "--out", str(out), *extra,
+    ]
+
+
+def invoke(args: list[str]):
+    result = runner.invoke(app, args)
+    return result, (json.loads(result.stdout) if "--json" in args and result.stdout.strip() else None)
+
+
+@pytest.fixture(scope="module")
+def compiled(digits_cnn, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compiled") / "out"
+    key = tmp_path_factory.mktemp("keys") / "signer"
+    write_keypair(key)
+    before = (sha256_file(digits_cnn.onnx_path), os.stat(digits_cnn.onnx_path).st_mtime_ns)
+    result, report = invoke(compile_args(digits_cnn, out, "--all-targets", "--sign-key", str(key), "--json"))
+    assert result.exit_code == 0, result.output
+    return out, key, report, before
+
+
+def test_every_target_gets_a_signed_verified_folder(compiled):
+    out, key, report, _ = compiled
+    assert sorted(report["targets_written"]) == sorted(TARGETS)
+    for name in TARGETS:
+        manifest = verify_dir(out / name, load_public_key(key.with_name("signer.pub")))
+        assert manifest["target"]["name"] == name
+        assert {v["precision"] for v in manifest["variants"]} == set(manifest["target"]["precisions"])
+
+
+def test_input_model_is_never_modified(compiled, digits_cnn):
+    assert compiled[3] == (sha256_file(digits_cnn.onnx_path), os.stat(digits_cnn.onnx_path).st_mtime_ns)
+
+
+def test_manifest_records_provenance(compiled, digits_cnn):
+    manifest = json.loads((compiled[0] / "arm64-cortex-a76" / "manifest.json").read_text())
+    assert manifest["model"]["source_sha256"] == sha256_file(digits_cnn.onnx_path)
+    assert manifest["calibration"]["random"] is False
+    assert len(manifest["calibration"]["sha256"]) == 64
+    assert manifest["evaluation"]["labelled"] is True
+    assert {"onnx", "onnxruntime", "numpy", "python", "edgectl"} <= set(manifest["toolchain"])
+    int8 = next(v for v in manifest["variants"] if v["precision"] == "int8")
+    assert int8["quantization"]["activation_type"] == "int8" and int8["quantization"]["per_channel"]
+    assert int8["fidelity"]["latency_p50_ms"] > 0
+
+
+def test_int8_is_small_and_faithful(compiled):
+    rows = [r for r in compiled[2]["variants"] if r["precision"] == "int8"]
+    assert len(rows) == len(TARGETS)
+    for row in rows:
+        assert row["emitted"], row
+        assert row["size_ratio"] < 0.35
+        fid = row["fidelity"]
+        assert fid["top1_agreement"] >= 0.99
+        assert fid["reference_accuracy"] - fid["accuracy"] <= 0.01
+
+
+def test_identical_schemes_share_bytes_and_avx2_differs(compiled):
+    out = compiled[0]
+    name = "digits_cnn.int8.onnx"
+    vnni, a72, avx2 = (sha256_file(out / t / name) for t in ("x86_64-avx512-vnni", "arm64-cortex-a72", "x86_64-avx2"))
+    assert vnni == a72 != avx2
+
+
+def test_selftest_pair_reproduces_on_the_artifact(compiled):
+    folder = compiled[0] / "jetson-orin-cpu"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    with np.load(folder / "selftest.npz") as pair:
+        for variant in manifest["variants"]:
+            sess = ort.InferenceSession(str(folder / variant["file"]), providers=["CPUExecutionProvider"])
+            feeds = {i.name: pair[f"input.{i.name}"] for i in sess.get_inputs()}
+            for out_meta, value in zip(sess.get_outputs(), sess.run(None, feeds), strict=True):
+                expected = pair[f"output.{variant['precision']}.{out_meta.name}"]
+                np.testing.assert_allclose(value, expected, atol=variant["selftest_atol"])
+
+
+def test_compiling_twice_gives_byte_identical_artifacts(compiled, digits_cnn, tmp_path):
+    result, _ = invoke(compile_args(digits_cnn, tmp_path / "again", "--target", "x86_64-avx2", "--target", "jetson-orin-cpu"))
+    assert result.exit_code == 0, result.output
+    for target in ("x86_64-avx2", "jetson-orin-cpu"):
+        first = json.loads((compiled[0] / target / "manifest.json").read_text())["files"]
+        second = json.loads((tmp_path / "again" / target / "manifest.json").read_text())["files"]
+        assert first == second
+
+
+def test_verify_cli_detects_a_changed_byte(compiled, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(compiled[0] / "x86_64-avx2", folder)
+    pub = str(compiled[1].with_name("signer.pub"))
+    assert runner.invoke(app, ["verify", str(folder), "--key", pub]).exit_code == 0
+    artifact = folder / "digits_cnn.int8.onnx"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    result = runner.invoke(app, ["verify", str(folder), "--key", pub])
+    assert result.exit_code == 3 and "sha256" in result.output
+
+
+def test_fallback_keeps_sensitive_nodes_in_fp32(digits_cnn, tmp_path):
+    # A cosine budget the plain int8 graph misses: the gate must fall back nodes until it holds.
+    base, _ = invoke(compile_args(digits_cnn, tmp_path / "base", "-t", "x86_64-avx2", "--json"))
+    int8 = next(r for r in json.loads(base.stdout)["variants"] if r["precision"] == "int8")
+    cos = int8["fidelity"]["outputs"]["output"]["cosine"]
+    budget = str(cos + (1 - cos) * 0.5)
+    strict, report = invoke(compile_args(digits_cnn, tmp_path / "s", "-t", "x86_64-avx2", "--min-cosine", budget,
+                                         "--no-fallback", "--json"))
+    assert strict.exit_code == 3
+    rejected = next(r for r in report["variants"] if r["precision"] == "int8")
+    assert not rejected["emitted"] and "cosine" in rejected["reason"]
+    assert not (tmp_path / "s" / "x86_64-avx2" / "digits_cnn.int8.onnx").exists()
+    fb, report = invoke(compile_args(digits_cnn, tmp_path / "f", "-t", "x86_64-avx2", "--min-cosine", budget, "--json"))
+    row = next(r for r in report["variants"] if r["precision"] == "int8")
+    assert fb.exit_code == 0 and row["emitted"], row
+    assert row["fallback_nodes"] and row["fidelity"]["outputs"]["output"]["cosine"] >= float(budget)
+    graph = onnx.load(str(tmp_path / "f" / "x86_64-avx2" / "digits_cnn.int8.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    for name in row["fallback_nodes"]:
+        node = next(n for n in graph.node if n.name == name)
+        weights = [producers.get(i) for i in node.input[1:2]]
+        assert all(w is None or w.op_type != "DequantizeLinear" for w in weights), name
+
+
+def test_unreachable_budget_rejects_and_says_why(digits_cnn, tmp_path):
+    result, report = invoke(compile_args(digits_cnn, tmp_path / "o", "-t", "arm64-cortex-a72", "--max-drop", "0",
+                                         "--min-cosine", "1.0000001", "--json"))
+    assert result.exit_code == 3
+    assert all(not r["emitted"] and r["reason"] for r in report["variants"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_random_calibration_is_recorded(digits_cnn, tmp_path):
+    result = runner.invoke(app, ["compile", str(digits_cnn.onnx_path), "--random-calibration", "-t", "arm64-cortex-a72",
+                                 "--out", str(tmp_path / "o"), "--min-cosine", "0.5", "--max-drop", "100"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "o" / "arm64-cortex-a72" / "manifest.json").read_text())
+    assert manifest["calibration"]["random"] is True and manifest["calibration"]["source"] == "random"
+
+
+def test_eval_is_held_out_from_calibration_when_not_given(digits_cnn, tmp_path):
+    result = runner.invoke(app, ["compile", str(digits_cnn.onnx_path), "-c", str(digits_cnn.calibration),
+                                 "-t", "x86_64-avx512-vnni", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "o" / "x86_64-avx512-vnni" / "manifest.json").read_text())
+    n = manifest["calibration"]["samples"] + manifest["evaluation"]["samples"]
+    assert manifest["evaluation"]["samples"] == n // 4 and "held out" in manifest["evaluation"]["source"]
