@@ -13,6 +13,8 @@ The scheme per target ISA (and why) is in compiler/schemes.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,11 @@ from compiler.data import TensorSet, sample_count
 from compiler.schemes import QuantScheme
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-DEFAULT_CALIBRATION_METHOD = "minmax"
+# Measured with benchmarks/bench_calibration.py on digits CNN/MLP, MNIST CNN, YOLOv8n and
+# PP-OCR cls: Percentile (99.999) matched or beat MinMax on every model (YOLOv8n cosine 0.99958
+# vs 0.99936; digits MLP top-1 agreement 100% vs 99.7%); onnxruntime's Entropy gave MinMax's
+# ranges on all of them. It costs 1.3-3.4x MinMax's compile time.
+DEFAULT_CALIBRATION_METHOD = "percentile"
 
 
 class _Reader:
@@ -95,8 +101,10 @@ def calibrate(model_path: Path, data: TensorSet, method: str, work_dir: Path) ->
         augmented_model_path=str(work_dir / f"augmented-{method}.onnx"),
         calibrate_method=_ort_method(method),
     )
-    calibrator.collect_data(_Reader(data))
-    tensors = calibrator.compute_data()
+    # onnxruntime's histogram calibrators print() progress; stdout belongs to --json output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        calibrator.collect_data(_Reader(data))
+        tensors = calibrator.compute_data()
     del calibrator
     cache = work_dir / f"ranges-{method}.json"
     save_tensors_data(tensors, cache)
@@ -116,9 +124,7 @@ def quantize(
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     # quantize_static warns about pre-processing even for pre-processed models; keep output clean.
     logging.getLogger().setLevel(logging.ERROR)
-    quantize_static(
-        str(model_path),
-        str(out_path),
+    kwargs: dict[str, Any] = dict(
         calibration_data_reader=None,
         quant_format=QuantFormat.QDQ,
         per_channel=scheme.per_channel,
@@ -129,6 +135,14 @@ def quantize(
         calibrate_method=_ort_method(ranges.method),
         calibration_cache_path=str(ranges.path),
     )
+    try:
+        quantize_static(str(model_path), str(out_path), **kwargs)
+    except ValueError:
+        # onnxruntime 1.32's per-channel bias check indexes a 2-D bias (skl2onnx writes MatMul +
+        # Add with a [1, C] bias) as if it were 1-D and raises; that check only widens weight
+        # scales for tiny biases, so skip it for such graphs.
+        kwargs["extra_options"] = {"QDQDisableWeightAdjustForInt32Bias": True}
+        quantize_static(str(model_path), str(out_path), **kwargs)
 
 
 def to_fp16(model_path: Path, out_path: Path) -> None:

@@ -3,8 +3,11 @@
 Why the schemes differ (onnxruntime's quantize_static docstring, "Choosing parameters for CPU
 inference", and its MLAS kernels): on x86-64 without VNNI the u8×s8 kernels sum byte-pair
 products in saturating int16 lanes (VPMADDUBSW), so weights keep 7 bits (reduce_range). With
-VNNI the products accumulate straight into int32, and ARM's kernels widen before adding: there
-symmetric s8×s8 QDQ with per-channel weights loses the least. tests/compiler/test_schemes.py
+VNNI the products accumulate straight into int32, so weights keep 8 bits; activations stay u8
+there because onnxruntime's x86 graph optimizer fuses u8 QDQ Conv into QLinearConv but leaves
+most s8 ones as float Conv between Q/DQ pairs (measured on YOLOv8n: 64 of 64 convs fused with
+u8 activations, 7 of 64 with s8, and int8 was 1.5× slower than fp32). ARM's kernels take s8
+activations natively (onnxruntime allows int8 QDQ on ARM): symmetric s8×s8 per-channel. tests/compiler/test_schemes.py
 measures the alternatives under an emulation of the AVX2 arithmetic.
 """
 
@@ -51,8 +54,9 @@ def scheme_for(target: Target) -> QuantScheme:
         )
     if target.arch == "x86_64":
         return QuantScheme(
-            "int8", "int8", per_channel=True, reduce_range=False,
-            reason="VNNI accumulates u8/s8 products in int32: no saturation, full 8-bit symmetric weights",
+            "uint8", "int8", per_channel=True, reduce_range=False,
+            reason="VNNI accumulates u8*s8 in int32 (no saturation); onnxruntime fuses u8 activations into "
+            "QLinearConv on x86, while s8 activations there mostly stay as float Conv between Q/DQ",
         )
     return QuantScheme(
         "int8", "int8", per_channel=True, reduce_range=False,

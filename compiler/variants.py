@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from compiler.compact import compact_file
 from compiler.data import TensorSet, sample_count, take
 from compiler.fidelity import Budget, Fidelity, Outputs, measure
 from compiler.quantize import Ranges, quantize, to_fp16
@@ -49,20 +50,41 @@ class GateInputs:
     budget: Budget
 
 
+class VariantFailure(Exception):
+    """A converter or onnxruntime could not build or run a variant: it is rejected, not fatal."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[-1][:200] if text else ''}"
+
+
 def _gate(path: Path, g: GateInputs) -> tuple[Fidelity, list[str]]:
-    fid = measure(path, g.eval_data, g.reference, labels=g.labels)
+    try:
+        fid = measure(path, g.eval_data, g.reference, labels=g.labels)
+    except Exception as exc:  # onnxruntime raises bare pybind classes; translate at the boundary
+        raise VariantFailure(f"onnxruntime cannot run it ({_first_line(exc)})") from exc
     return fid, g.budget.violations(fid)
 
 
 def build_plain(precision: str, prepared: Path, work_dir: Path, g: GateInputs) -> Built:
     """fp32 (the prepared graph itself) or fp16 (weights and compute in half precision)."""
-    if precision == "fp32":
-        path, quant = prepared, {"type": "fp32"}
-    else:
-        path = work_dir / "fp16.onnx"
-        to_fp16(prepared, path)
-        quant = {"type": "fp16", "io": "fp32", "reason": "target has fp16 arithmetic (asimdhp)"}
-    fid, bad = _gate(path, g)
+    path = work_dir / f"{precision}.onnx"
+    quant: dict[str, Any] = {"type": "fp32"}
+    try:
+        if precision == "fp32":
+            compact_file(prepared, path)
+        else:
+            quant = {"type": "fp16", "io": "fp32", "reason": "target has fp16 arithmetic (asimdhp)"}
+            raw = work_dir / "fp16.raw.onnx"
+            try:
+                to_fp16(prepared, raw)
+            except Exception as exc:
+                raise VariantFailure(f"fp16 conversion failed ({_first_line(exc)})") from exc
+            compact_file(raw, path)
+        fid, bad = _gate(path, g)
+    except VariantFailure as exc:
+        return Built(precision, None, None, quant, reason=str(exc))
     if bad:
         return Built(precision, None, fid, quant, reason="; ".join(bad))
     return Built(precision, path, fid, quant)
@@ -77,6 +99,58 @@ def _fallback_sizes(candidates: int) -> list[int]:
     return [*sizes, limit]
 
 
+@dataclass(frozen=True)
+class _Int8Job:
+    prepared: Path
+    ranges: Ranges
+    calibration: TensorSet
+    work_dir: Path
+    gate: GateInputs
+    fallback: bool
+    on_step: Callable[[str], None]
+
+    def make(self, scheme: QuantScheme, exclude: tuple[str, ...] = ()) -> tuple[Path, Path]:
+        raw = self.work_dir / f"int8-{scheme.key}.raw.onnx"
+        path = self.work_dir / f"int8-{scheme.key}.onnx"
+        try:
+            quantize(self.prepared, raw, self.ranges, scheme, exclude=exclude)
+        except Exception as exc:  # the quantizer's own errors: reject this scheme, keep going
+            raise VariantFailure(f"onnxruntime's quantizer failed ({_first_line(exc)})") from exc
+        compact_file(raw, path)
+        return raw, path
+
+
+def _build_int8(job: _Int8Job, scheme: QuantScheme) -> Built:
+    quant = {"type": "int8", "calibration_method": job.ranges.method, **scheme.to_dict()}
+    raw, path = job.make(scheme)
+    fid, bad = _gate(path, job.gate)
+    if not bad:
+        return Built("int8", path, fid, quant)
+    if not job.fallback:
+        return Built("int8", None, fid, quant, reason="; ".join(bad) + " (fallback disabled)")
+    job.on_step(f"int8 {scheme.key}: {bad[0]}; ranking nodes by measured error")
+    subset = take(job.calibration, slice(0, min(SENSITIVITY_SAMPLES, sample_count(job.calibration))))
+    # Ranking matches tensors by the quantizer's names, so it reads the graph before compaction.
+    try:
+        ranked = [r.node for r in rank_nodes(job.prepared, raw, subset, job.work_dir)]
+    except Exception as exc:  # onnxruntime runs the debug graph unoptimized, which can fail
+        raise VariantFailure(f"per-node error could not be measured ({_first_line(exc)})") from exc
+    if not ranked:
+        return Built("int8", None, fid, quant, reason="; ".join(bad) + " (no quantized node to fall back)")
+    for k in _fallback_sizes(len(ranked)):
+        exclude = tuple(ranked[:k])
+        job.on_step(f"int8 {scheme.key}: keeping {k} node(s) in fp32")
+        raw, path = job.make(scheme, exclude)
+        fid, bad = _gate(path, job.gate)
+        if not bad:
+            return Built("int8", path, fid, quant, fallback_nodes=list(exclude))
+    return Built(
+        "int8", None, fid, quant, fallback_nodes=list(exclude),
+        reason=f"{'; '.join(bad)} even with the {len(exclude)} most sensitive of "
+        f"{len(ranked)} quantized nodes in fp32: ship fp32/fp16 or relax --max-drop / --min-cosine",
+    )
+
+
 def build_int8(
     prepared: Path,
     ranges: Ranges,
@@ -88,26 +162,18 @@ def build_int8(
     fallback: bool = True,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> Built:
-    path = work_dir / f"int8-{scheme.key}.onnx"
-    quant = {"type": "int8", "calibration_method": ranges.method, **scheme.to_dict()}
-    quantize(prepared, path, ranges, scheme)
-    fid, bad = _gate(path, g)
-    if not bad:
-        return Built("int8", path, fid, quant)
-    if not fallback:
-        return Built("int8", None, fid, quant, reason="; ".join(bad) + " (fallback disabled)")
-    on_step(f"int8 {scheme.key}: {bad[0]}; ranking nodes by measured error")
-    subset = take(calibration, slice(0, min(SENSITIVITY_SAMPLES, sample_count(calibration))))
-    ranked = [r.node for r in rank_nodes(prepared, path, subset, work_dir)]
-    for k in _fallback_sizes(len(ranked)):
-        exclude = tuple(ranked[:k])
-        on_step(f"int8 {scheme.key}: keeping {k} node(s) in fp32")
-        quantize(prepared, path, ranges, scheme, exclude=exclude)
-        fid, bad = _gate(path, g)
-        if not bad:
-            return Built("int8", path, fid, quant, fallback_nodes=list(exclude))
-    return Built(
-        "int8", None, fid, quant, fallback_nodes=list(ranked[: _fallback_sizes(len(ranked))[-1]]),
-        reason=f"{'; '.join(bad)} even with the {len(ranked) // 2 or 1} most sensitive of "
-        f"{len(ranked)} quantized nodes in fp32: ship fp32/fp16 or relax --max-drop / --min-cosine",
-    )
+    """The int8 variant for ``scheme``; per-tensor weights when per-channel cannot be built or run."""
+    job = _Int8Job(prepared, ranges, calibration, work_dir, g, fallback, on_step)
+    try:
+        return _build_int8(job, scheme)
+    except VariantFailure as exc:
+        if not scheme.per_channel:
+            quant = {"type": "int8", "calibration_method": ranges.method, **scheme.to_dict()}
+            return Built("int8", None, None, quant, reason=str(exc))
+        on_step(f"int8 {scheme.key}: {exc}; retrying with per-tensor weights")
+        per_tensor = replace(scheme, per_channel=False, reason=f"{scheme.reason}; per-channel weights failed: {exc}")
+        try:
+            return _build_int8(job, per_tensor)
+        except VariantFailure as exc2:
+            quant = {"type": "int8", "calibration_method": ranges.method, **per_tensor.to_dict()}
+            return Built("int8", None, None, quant, reason=f"per-channel: {exc}; per-tensor: {exc2}")

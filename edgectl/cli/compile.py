@@ -70,7 +70,7 @@ def compile_command(
     labels: Path | None = typer.Option(None, "--labels", help=".npy of integer labels for --eval."),
     max_drop: float = typer.Option(1.0, "--max-drop", help="Budget: top-1 points a variant may lose."),
     min_cosine: float = typer.Option(0.99, "--min-cosine", help="Budget: least cosine similarity per output."),
-    method: str = typer.Option("minmax", "--calibration-method", help="minmax | percentile | entropy."),
+    method: str = typer.Option("percentile", "--calibration-method", help="percentile | minmax | entropy."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per target)."),
     sign_key: Path | None = typer.Option(None, "--sign-key", help="Ed25519 private key (edgectl keys generate)."),
     input_shape: str | None = typer.Option(
@@ -82,6 +82,7 @@ def compile_command(
 ) -> None:
     """Compile MODEL into gated, quantized artifacts for each target."""
     from compiler.fidelity import Budget
+    from compiler.manifest_builder import host
     from compiler.pipeline import CompileOptions, compile_model
     from compiler.quantize import CALIBRATION_METHODS
 
@@ -112,4 +113,8 @@ def compile_command(
         console().print(summary_table(result))
         written = ", ".join(result["targets_written"]) or "nothing"
         console().print(f"wrote {written} under {out}")
+        console().print(
+            f"latency × is int8/fp32 measured on this host ({host()['machine']}, {host()['cpu'] or 'unknown CPU'}); "
+            "for other architectures it only indicates"
+        )
     raise typer.Exit(result["exit_code"])

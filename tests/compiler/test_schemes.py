@@ -71,7 +71,9 @@ def test_chosen_avx2_scheme_beats_the_saturating_ones(measured, record_property)
 
 
 def test_vnni_and_arm_targets_keep_full_8_bit_weights():
-    for name in ("x86_64-avx512-vnni", "arm64-cortex-a72", "arm64-cortex-a76", "jetson-orin-cpu"):
+    vnni = scheme_for(load_target("x86_64-avx512-vnni"))
+    assert not vnni.reduce_range and (vnni.activation, vnni.weight) == ("uint8", "int8")
+    for name in ("arm64-cortex-a72", "arm64-cortex-a76", "jetson-orin-cpu"):
         scheme = scheme_for(load_target(name))
         assert not scheme.reduce_range and scheme.activation == scheme.weight == "int8"
 
