@@ -10,12 +10,10 @@ compile time, with MinMax (onnxruntime's default) as the baseline of each ratio.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import CACHE, warm_up
+from benchmarks._common import run_models
 from compiler.fidelity import Budget
 from compiler.pipeline import CompileOptions, compile_model
 from compiler.quantize import CALIBRATION_METHODS
@@ -50,25 +48,19 @@ def run(model: zoo.ZooModel, method: str, out: Path) -> list[dict[str, object]]:
     return rows
 
 
+def measure(model: zoo.ZooModel, work: Path) -> list[dict[str, object]]:
+    return [row for method in CALIBRATION_METHODS for row in run(model, method, work / f"{model.name}-{method}")]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits_cnn,mnist_cnn,digits_mlp,yolov8n_nudenet,ppocr_cls")
-    args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        warm_up(Path(tmp))
-        for name in args.models.split(","):
-            model = getattr(zoo, name)(CACHE)
-            for method in CALIBRATION_METHODS:
-                rows += run(model, method, Path(tmp) / f"{name}-{method}")
-            print(f"done {name}", flush=True)
+    rows = run_models(__doc__ or "", "digits_cnn,mnist_cnn,digits_mlp,yolov8n_nudenet,ppocr_cls", measure)
     base = {(r["model"], r["target"]): r for r in rows if r["method"] == "minmax"}
     print("model | target | method | top1 | drop_pts | min_cosine | time/minmax")
     for r in rows:
         b = base[(r["model"], r["target"])]
         print(" | ".join(str(x) for x in (
             r["model"], r["target"], r["method"], _f(r["top1"]), _f(r["drop_pts"]), _f(r["min_cosine"], 5),
-            _f(r["seconds"] / b["seconds"]),  # type: ignore[operator]
+            _f(r["seconds"] / b["seconds"]),
         )))
     wins = {m: 0 for m in CALIBRATION_METHODS}
     for key in base:

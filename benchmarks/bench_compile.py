@@ -11,15 +11,13 @@ and the top-1 drop in points on labelled data. Baselines are measured in the sam
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks._common import CACHE, warm_up
+from benchmarks._common import run_models
 from compiler import data as ds
 from compiler.fidelity import session
 from compiler.pipeline import CompileOptions, compile_model
@@ -113,16 +111,7 @@ def bench(model: zoo.ZooModel, work: Path) -> dict[str, float | str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits_cnn,mnist_cnn,yolov8n_nudenet")
-    args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        warm_up(Path(tmp))
-        for name in args.models.split(","):
-            model = getattr(zoo, name)(CACHE)
-            rows.append(bench(model, Path(tmp)))
-            print(f"done {name}", flush=True)
+    rows = run_models(__doc__ or "", "digits_cnn,mnist_cnn,yolov8n_nudenet", lambda m, work: [bench(m, work)])
     cols = ["model", "params", "edgectl_s", "peer_s", "wall_ratio", "size_ratio", "peer_size_ratio",
             "latency_ratio", "peer_latency_ratio", "fp32_ms", "top1_drop_pts", "peer_top1_drop_pts", "emitted"]
     print(" | ".join(cols))
