@@ -36,8 +36,20 @@ def session(path: Path) -> Any:
     # deterministic (no reduction-order changes between runs).
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    # Fatal only: a failing run is reported once, as our one-line error, not also by ORT's logger.
+    opts.log_severity_level = 4
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def error_summary(exc: BaseException, limit: int = 240) -> str:
+    """One short line from an onnxruntime (or other library) exception, for user-facing errors."""
+    text = " ".join(str(exc).split())
+    if "Status Message:" in text:  # ORT: "[ONNXRuntimeError] : 1 : FAIL : ... Status Message: <what>"
+        text = text.split("Status Message:", 1)[1].strip()
+        # Drop the C++ source location and signature that precede ORT's own explanation.
+        if " was false. " in text:
+            text = text.split(" was false. ", 1)[1]
+    return f"{exc.__class__.__name__}: {text[:limit]}"
 
 
 @dataclass(frozen=True)

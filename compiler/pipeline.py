@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from compiler import data as datasets
-from compiler.fidelity import Budget, Outputs, run
+from compiler.fidelity import Budget, Outputs, error_summary, run
 from compiler.frontends import LoadedModel, load_model
 from compiler.manifest_builder import ManifestContext, write_target
 from compiler.output import publish, staging
@@ -30,7 +30,7 @@ from compiler.prepare import prepare
 from compiler.quantize import DEFAULT_CALIBRATION_METHOD, calibrate
 from compiler.schemes import scheme_for
 from compiler.variants import Built, GateInputs, build_int8, build_plain
-from edgectl.errors import DataError
+from edgectl.errors import DataError, ModelLoadError
 from edgectl.signing import load_private_key
 from edgectl.targets import Target
 
@@ -163,13 +163,23 @@ def _row(target: Target, built: Built, fp32: Built | None, file: str | None) -> 
     )
 
 
+def _reference(model: Path, eval_data: datasets.TensorSet, name: str) -> Outputs:
+    try:
+        return run(model, eval_data)
+    except Exception as exc:  # onnxruntime's own error classes; translated at this boundary
+        raise ModelLoadError(
+            f"onnxruntime cannot run {name} on the eval samples ({error_summary(exc)}): check the model runs in "
+            "onnxruntime and the data matches its inputs"
+        ) from exc
+
+
 def compile_model(
     source: Path | LoadedModel,
     options: CompileOptions,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> CompileResult:
     # Cheap checks first, so a bad key or data file fails before minutes of work.
-    key = load_private_key(options.sign_key) if options.sign_key is not None else None
+    signer = load_private_key(options.sign_key) if options.sign_key is not None else None
     loaded = source if isinstance(source, LoadedModel) else load_model(source, input_shape=options.input_shape)
     specs = datasets.input_specs(loaded.model)
     data = load_datasets(options, specs)
@@ -178,7 +188,7 @@ def compile_model(
         on_step("preparing graph (shape inference, fusion)")
         source_path, prepared = prepare(loaded.model, work)
         on_step("running the fp32 reference on held-out samples")
-        reference: Outputs = run(source_path, data.eval_data)
+        reference = _reference(source_path, data.eval_data, loaded.source_name)
         gate = GateInputs(data.eval_data, reference, data.labels, options.budget)
         on_step(f"calibrating ({options.calibration_method}, {datasets.sample_count(data.calibration)} samples)")
         ranges = calibrate(prepared, data.calibration, options.calibration_method, work)
@@ -199,7 +209,7 @@ def compile_model(
             return cache[key]
 
         fp32 = variant(options.targets[0], "fp32")
-        ctx = ManifestContext(loaded, specs, reference, data, key)
+        ctx = ManifestContext(loaded, specs, reference, data, signer)
         rows: list[VariantRow] = []
         written: list[str] = []
         for target in options.targets:

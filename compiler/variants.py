@@ -17,7 +17,7 @@ import numpy as np
 
 from compiler.compact import compact_file
 from compiler.data import TensorSet, sample_count, take
-from compiler.fidelity import Budget, Fidelity, Outputs, measure
+from compiler.fidelity import Budget, Fidelity, Outputs, error_summary, measure
 from compiler.quantize import Ranges, quantize, to_fp16
 from compiler.schemes import QuantScheme
 from compiler.sensitivity import rank_nodes
@@ -54,16 +54,11 @@ class VariantFailure(Exception):
     """A converter or onnxruntime could not build or run a variant: it is rejected, not fatal."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[-1][:200] if text else ''}"
-
-
 def _gate(path: Path, g: GateInputs) -> tuple[Fidelity, list[str]]:
     try:
         fid = measure(path, g.eval_data, g.reference, labels=g.labels)
     except Exception as exc:  # onnxruntime raises bare pybind classes; translate at the boundary
-        raise VariantFailure(f"onnxruntime cannot run it ({_first_line(exc)})") from exc
+        raise VariantFailure(f"onnxruntime cannot run it ({error_summary(exc)})") from exc
     return fid, g.budget.violations(fid)
 
 
@@ -80,7 +75,7 @@ def build_plain(precision: str, prepared: Path, work_dir: Path, g: GateInputs) -
             try:
                 to_fp16(prepared, raw)
             except Exception as exc:
-                raise VariantFailure(f"fp16 conversion failed ({_first_line(exc)})") from exc
+                raise VariantFailure(f"fp16 conversion failed ({error_summary(exc)})") from exc
             compact_file(raw, path)
         fid, bad = _gate(path, g)
     except VariantFailure as exc:
@@ -115,7 +110,7 @@ class _Int8Job:
         try:
             quantize(self.prepared, raw, self.ranges, scheme, exclude=exclude)
         except Exception as exc:  # the quantizer's own errors: reject this scheme, keep going
-            raise VariantFailure(f"onnxruntime's quantizer failed ({_first_line(exc)})") from exc
+            raise VariantFailure(f"onnxruntime's quantizer failed ({error_summary(exc)})") from exc
         compact_file(raw, path)
         return raw, path
 
@@ -134,7 +129,7 @@ def _build_int8(job: _Int8Job, scheme: QuantScheme) -> Built:
     try:
         ranked = [r.node for r in rank_nodes(job.prepared, raw, subset, job.work_dir)]
     except Exception as exc:  # onnxruntime runs the debug graph unoptimized, which can fail
-        raise VariantFailure(f"per-node error could not be measured ({_first_line(exc)})") from exc
+        raise VariantFailure(f"per-node error could not be measured ({error_summary(exc)})") from exc
     if not ranked:
         return Built("int8", None, fid, quant, reason="; ".join(bad) + " (no quantized node to fall back)")
     for k in _fallback_sizes(len(ranked)):

@@ -90,3 +90,24 @@ def test_json_errors_still_exit_2(digits_cnn, tmp_path):
     assert result.exit_code == 2
     with pytest.raises(json.JSONDecodeError):
         json.loads(result.stdout or "x")
+
+
+def test_model_that_onnxruntime_cannot_run_is_exit_2(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    # Valid to the checker, but 4 values cannot be reshaped into rows of 3 at run time.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["R", "C"])],
+        initializer=[numpy_helper.from_array(np.array([3, -1], np.int64), "shape")],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "bad.onnx"))
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((8, 4), dtype=np.float32))
+    result = runner.invoke(app, ["compile", str(tmp_path / "bad.onnx"), "-c", str(tmp_path / "c.npy"),
+                                 "-t", "arm64-cortex-a72", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    # Progress lines come first; the error is one line at the end, with no traceback.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "cannot be reshaped" in last and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -83,17 +83,13 @@ def test_multi_input_model_with_folder_of_named_npy(tmp_path: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["yolov8n_nudenet", "ppocr_cls", "magika", "mnist_cnn"])
+@pytest.mark.parametrize("name", ["yolov8n_nudenet", "ppocr_cls", "mnist_cnn"])
 def test_pretrained_models_compile_for_every_target(name: str, zoo_cache: Path, tmp_path: Path):
     model = getattr(zoo, name)(zoo_cache)
     args = [str(model.onnx_path), "-c", str(model.calibration), "--eval", str(model.eval), "--all-targets",
             "--out", str(tmp_path / "o")]
     if model.labels is not None:
         args += ["--labels", str(model.labels)]
-    if name == "magika":
-        # 86 eval files: one flipped file is 1.16 points, so the budget allows two; its int8
-        # (per-tensor: per-channel weights do not run) sits at cosine 0.990 on the AVX2 scheme.
-        args += ["--max-drop", "2.5", "--min-cosine", "0.98"]
     report = compile_json(args)
     assert len(report["targets_written"]) == 5
     for row in report["variants"]:
@@ -103,8 +99,8 @@ def test_pretrained_models_compile_for_every_target(name: str, zoo_cache: Path, 
             assert row["size_ratio"] < (0.27 if model.params > 1_000_000 else 0.45)
             fid = row["fidelity"]
             if fid["top1_agreement"] is not None:
-                assert fid["top1_agreement"] >= (0.97 if name == "magika" else 0.99)
-            assert min(o["cosine"] for o in fid["outputs"].values() if o["agreement"] is None) >= 0.98
+                assert fid["top1_agreement"] >= 0.99
+            assert min(o["cosine"] for o in fid["outputs"].values() if o["agreement"] is None) >= 0.99
 
 
 @pytest.mark.slow
@@ -121,3 +117,24 @@ def test_int8_that_cannot_hold_is_not_emitted_and_says_why(zoo_cache: Path, tmp_
     assert rows["fp16"]["emitted"] and rows["fp32"]["emitted"]
     shipped = sorted(p.name for p in (tmp_path / "o" / "jetson-orin-cpu").iterdir())
     assert shipped == ["manifest.json", "ppocr_rec.fp16.onnx", "ppocr_rec.fp32.onnx", "selftest.npz"]
+
+
+def test_per_channel_failure_retries_per_tensor(digits_cnn, tmp_path: Path, monkeypatch):
+    # Some graphs (magika's, in onnxruntime 1.32) give per-channel QDQ that onnxruntime cannot
+    # run; the compiler must then build per-tensor weights and say why, not crash.
+    from compiler import variants
+
+    real = variants.quantize
+
+    def per_channel_breaks(model, out, ranges, scheme, exclude=()):
+        if scheme.per_channel:
+            raise RuntimeError("per-axis scale must be 1-D")
+        return real(model, out, ranges, scheme, exclude=exclude)
+
+    monkeypatch.setattr(variants, "quantize", per_channel_breaks)
+    compile_json([str(digits_cnn.onnx_path), "-c", str(digits_cnn.calibration), "-t", "arm64-cortex-a72",
+                  "--out", str(tmp_path / "o")])
+    manifest = json.loads((tmp_path / "o" / "arm64-cortex-a72" / "manifest.json").read_text())
+    int8 = next(v for v in manifest["variants"] if v["precision"] == "int8")
+    assert int8["file"] and int8["quantization"]["per_channel"] is False
+    assert "per-axis scale must be 1-D" in int8["quantization"]["reason"]
