@@ -1,4 +1,4 @@
-"""The fidelity gate: run an artifact in onnxruntime on held-out samples, compare with fp32.
+"""The fidelity gate: run an artifact in its runtime (onnxruntime or LiteRT) on held-out samples.
 
     reference outputs (fp32 source model) ─┐
                                            ├─► Fidelity (top-1 agreement, accuracy, max-abs,
@@ -59,16 +59,48 @@ class Outputs:
     latencies_ms: tuple[float, ...]
 
 
-def _batch_size(sess: Any) -> int:
+class _LiteRT:
+    """The slice of onnxruntime's session API that ``run`` needs, over a LiteRT interpreter."""
+
+    def __init__(self, path: Path) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = Interpreter(model_path=str(path), num_threads=1)
+        self._inputs = self._interpreter.get_input_details()
+        self._outputs = self._interpreter.get_output_details()
+        self._shapes: dict[str, tuple[int, ...]] = {}
+
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(d["name"] for d in self._outputs)
+
+    def run(self, _: None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        it = self._interpreter
+        shapes = {d["name"]: feed[d["name"]].shape for d in self._inputs}
+        if shapes != self._shapes:
+            for d in self._inputs:
+                it.resize_tensor_input(d["index"], list(shapes[d["name"]]))
+            it.allocate_tensors()
+            self._shapes = shapes
+        for d in self._inputs:
+            it.set_tensor(d["index"], feed[d["name"]])
+        it.invoke()
+        return [it.get_tensor(d["index"]).copy() for d in self._outputs]
+
+
+def _open(path: Path) -> tuple[Any, tuple[str, ...], int]:
+    """A runner for the artifact's own runtime, its output names and its batch size."""
+    if path.suffix == ".tflite":
+        lite = _LiteRT(path)
+        return lite, lite.output_names(), 1
+    sess = session(path)
     first = sess.get_inputs()[0].shape[0] if sess.get_inputs()[0].shape else None
-    return first if isinstance(first, int) and first > 0 else 1
+    batch = first if isinstance(first, int) and first > 0 else 1
+    return sess, tuple(o.name for o in sess.get_outputs()), batch
 
 
 def run(path: Path, data: TensorSet, *, time_runs: int = 0) -> Outputs:
     """All samples through the model in its batch size; time the first ``time_runs`` batches."""
-    sess = session(path)
-    names = tuple(o.name for o in sess.get_outputs())
-    batch = _batch_size(sess)
+    sess, names, batch = _open(path)
     n = sample_count(data)
     usable = n - n % batch
     results: list[list[np.ndarray]] = [[] for _ in names]

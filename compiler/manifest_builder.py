@@ -86,19 +86,20 @@ def _model_info(ctx: ManifestContext) -> dict[str, Any]:
 def _selftest(folder: Path, ctx: ManifestContext, emitted: dict[str, Path]) -> dict[str, Any]:
     sample = take(ctx.data.eval_data, slice(0, SELFTEST_SAMPLES))
     arrays = {f"input.{k}": v for k, v in sample.items()}
-    for precision, path in emitted.items():
+    for variant, path in emitted.items():
         out = run(path, sample)
-        arrays.update({f"output.{precision}.{n}": v for n, v in zip(out.names, out.values, strict=True)})
+        arrays.update({f"output.{variant}.{n}": v for n, v in zip(ctx.reference.names, out.values, strict=True)})
     write_npz(folder / SELFTEST_NAME, arrays)
-    return {"file": SELFTEST_NAME, "samples": SELFTEST_SAMPLES, "keys": "input.<input>, output.<precision>.<output>"}
+    return {"file": SELFTEST_NAME, "samples": SELFTEST_SAMPLES, "keys": "input.<input>, output.<variant>.<output>"}
 
 
 def _variant_entry(built: Built, file: str | None) -> dict[str, Any]:
     fid = built.fidelity.to_dict() if built.fidelity else None
     entry: dict[str, Any] = {
+        "variant": built.name,
         "precision": built.precision,
-        "format": "onnx",
-        "runtime": "onnxruntime",
+        "format": built.format,
+        "runtime": built.runtime,
         "file": file,
         "quantization": built.quantization,
         "fallback_nodes": built.fallback_nodes,
@@ -107,23 +108,25 @@ def _variant_entry(built: Built, file: str | None) -> dict[str, Any]:
     if built.fidelity is not None:
         worst = max((e.max_abs for e in built.fidelity.outputs.values() if e.agreement is None), default=0.0)
         entry["selftest_atol"] = max(SELFTEST_MIN_ATOL, SELFTEST_ERROR_FACTOR * worst)
-    if not built.emitted:
+    if built.skipped:
+        entry["skipped"] = built.reason
+    elif not built.emitted:
         entry["rejected"] = built.reason
     return entry
 
 
 def write_target(folder: Path, target: Target, builts: list[Built], ctx: ManifestContext) -> dict[str, str]:
-    """Write the folder; returns precision → artifact file name (empty when nothing passed)."""
+    """Write the folder; returns variant name → artifact file name (empty when nothing passed)."""
     folder.mkdir()
     files: dict[str, str] = {}
     emitted: dict[str, Path] = {}
     for built in builts:
         if built.path is None:
             continue
-        name = f"{ctx.loaded.source_name}.{built.precision}.onnx"
+        name = f"{ctx.loaded.source_name}.{built.precision}.{built.format}"
         shutil.copyfile(built.path, folder / name)
-        files[built.precision] = name
-        emitted[built.precision] = folder / name
+        files[built.name] = name
+        emitted[built.name] = folder / name
     if not files:
         return {}
     manifest: dict[str, Any] = {
@@ -133,7 +136,7 @@ def write_target(folder: Path, target: Target, builts: list[Built], ctx: Manifes
         **ctx.data.info,
         "toolchain": toolchain(),
         "measured_on": host(),
-        "variants": [_variant_entry(b, files.get(b.precision)) for b in builts],
+        "variants": [_variant_entry(b, files.get(b.name)) for b in builts],
         "selftest": _selftest(folder, ctx, emitted),
     }
     manifest["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}

@@ -29,11 +29,13 @@ from compiler.output import publish, staging
 from compiler.prepare import prepare
 from compiler.quantize import DEFAULT_CALIBRATION_METHOD, calibrate
 from compiler.schemes import scheme_for
-from compiler.variants import Built, GateInputs, build_int8, build_plain
+from compiler.variants import Built, GateInputs, build_int8, build_plain, build_tflite
 from edgectl.errors import DataError, ModelLoadError
 from edgectl.signing import load_private_key
 from edgectl.targets import Target
 
+# What the TFLite backend lowers so far (int8 and fp16 come with issue 3's later steps).
+TFLITE_PRECISIONS = ("fp32",)
 # Without --eval, this share of the calibration samples is held out for the fidelity gate.
 HOLDOUT_FRACTION = 0.25
 
@@ -57,8 +59,11 @@ class CompileOptions:
 @dataclass(frozen=True)
 class VariantRow:
     target: str
+    variant: str  # int8 | fp16 | fp32 (ONNX) | tflite-fp32
     precision: str
+    format: str
     emitted: bool
+    skipped: bool
     file: str | None
     size_ratio: float | None
     latency_ratio: float | None
@@ -76,7 +81,7 @@ class CompileResult:
 
     @property
     def exit_code(self) -> int:
-        return 0 if all(r.emitted for r in self.rows) else 3
+        return 0 if all(r.emitted or r.skipped for r in self.rows) else 3
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,7 +163,8 @@ def _row(target: Target, built: Built, fp32: Built | None, file: str | None) -> 
         size_ratio = fid.size_bytes / base.size_bytes
         latency_ratio = fid.latency_p50_ms / base.latency_p50_ms if base.latency_p50_ms > 0 else None
     return VariantRow(
-        target.name, built.precision, built.emitted, file, size_ratio, latency_ratio,
+        target.name, built.name, built.precision, built.format, built.emitted, built.skipped, file, size_ratio,
+        latency_ratio,
         fid.to_dict() if fid else None, built.fallback_nodes, built.reason,
     )
 
@@ -194,12 +200,14 @@ def compile_model(
         ranges = calibrate(prepared, data.calibration, options.calibration_method, work)
         cache: dict[str, Built] = {}
 
-        def variant(target: Target, precision: str) -> Built:
-            scheme = scheme_for(target) if precision == "int8" else None
-            key = f"int8-{scheme.key}" if scheme else precision
+        def variant(target: Target, precision: str, fmt: str = "onnx") -> Built:
+            scheme = scheme_for(target) if precision == "int8" and fmt == "onnx" else None
+            key = f"int8-{scheme.key}" if scheme else precision if fmt == "onnx" else f"{fmt}-{precision}"
             if key not in cache:
                 on_step(f"building and validating {key}")
-                if scheme is None:
+                if fmt == "tflite":
+                    cache[key] = build_tflite(precision, prepared, work, gate)
+                elif scheme is None:
                     cache[key] = build_plain(precision, prepared, work, gate)
                 else:
                     cache[key] = build_int8(
@@ -214,8 +222,10 @@ def compile_model(
         written: list[str] = []
         for target in options.targets:
             builts = [variant(target, p) for p in target.precisions]
+            if "litert" in target.runtimes:
+                builts += [variant(target, p, "tflite") for p in target.precisions if p in TFLITE_PRECISIONS]
             files = write_target(stage / target.name, target, builts, ctx)
-            rows += [_row(target, b, fp32, files.get(b.precision)) for b in builts]
+            rows += [_row(target, b, fp32, files.get(b.name)) for b in builts]
             if files:
                 written.append(target.name)
             else:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from compiler.compact import compact_file
 from compiler.data import TensorSet, sample_count, take
@@ -36,10 +37,21 @@ class Built:
     quantization: dict[str, Any]
     fallback_nodes: list[str] = field(default_factory=list)
     reason: str = ""
+    format: str = "onnx"
+    skipped: bool = False  # the backend cannot express this graph: listed, not a gate failure
 
     @property
     def emitted(self) -> bool:
         return self.path is not None
+
+    @property
+    def name(self) -> str:
+        """``int8``, ``fp16``, ``fp32`` for ONNX; ``tflite-fp32`` and so on for TFLite."""
+        return self.precision if self.format == "onnx" else f"{self.format}-{self.precision}"
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.format == "onnx" else "litert"
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,25 @@ def build_plain(precision: str, prepared: Path, work_dir: Path, g: GateInputs) -
     if bad:
         return Built(precision, None, fid, quant, reason="; ".join(bad))
     return Built(precision, path, fid, quant)
+
+
+def build_tflite(precision: str, prepared: Path, work_dir: Path, g: GateInputs) -> Built:
+    """The TFLite lowering of the prepared graph, run in LiteRT and gated like the others."""
+    from compiler.tflite import TfliteLoweringError, lower_to_tflite
+
+    quant: dict[str, Any] = {"type": precision, "format": "tflite"}
+    path = work_dir / f"{precision}.tflite"
+    try:
+        path.write_bytes(lower_to_tflite(onnx.load(str(prepared))))
+    except TfliteLoweringError as exc:
+        return Built(precision, None, None, quant, reason=f"skipped: {exc}", format="tflite", skipped=True)
+    try:
+        fid, bad = _gate(path, g)
+    except VariantFailure as exc:
+        return Built(precision, None, None, quant, reason=str(exc).replace("onnxruntime", "LiteRT"), format="tflite")
+    if bad:
+        return Built(precision, None, fid, quant, reason="; ".join(bad), format="tflite")
+    return Built(precision, path, fid, quant, format="tflite")
 
 
 def _fallback_sizes(candidates: int) -> list[int]:

@@ -40,11 +40,13 @@ def summary_table(result: dict) -> Table:
             status = "[green]ok[/]"
             if row["fallback_nodes"]:
                 status = f"[yellow]ok, {len(row['fallback_nodes'])} node(s) fp32[/]"
+        elif row["skipped"]:
+            status = f"[yellow]{row['reason']}[/]"
         else:
             status = f"[red]rejected[/]: {row['reason']}"
         table.add_row(
             row["target"],
-            row["precision"],
+            row["variant"],
             f"{fid['size_bytes'] / 1024:.0f} KiB" if fid else "-",
             f"{row['size_ratio']:.2f}" if row["size_ratio"] is not None else "-",
             f"{row['latency_ratio']:.2f}" if row["latency_ratio"] is not None else "-",

@@ -93,7 +93,7 @@ def test_selftest_pair_reproduces_on_the_artifact(compiled):
             sess = ort.InferenceSession(str(folder / variant["file"]), providers=["CPUExecutionProvider"])
             feeds = {i.name: pair[f"input.{i.name}"] for i in sess.get_inputs()}
             for out_meta, value in zip(sess.get_outputs(), sess.run(None, feeds), strict=True):
-                expected = pair[f"output.{variant['precision']}.{out_meta.name}"]
+                expected = pair[f"output.{variant['variant']}.{out_meta.name}"]
                 np.testing.assert_allclose(value, expected, atol=variant["selftest_atol"])
 
 
@@ -168,3 +168,24 @@ def test_eval_is_held_out_from_calibration_when_not_given(digits_cnn, tmp_path):
     manifest = json.loads((tmp_path / "o" / "x86_64-avx512-vnni" / "manifest.json").read_text())
     n = manifest["calibration"]["samples"] + manifest["evaluation"]["samples"]
     assert manifest["evaluation"]["samples"] == n // 4 and "held out" in manifest["evaluation"]["source"]
+
+
+def test_litert_targets_get_a_tflite_variant_that_runs_in_litert(compiled):
+    from ai_edge_litert.interpreter import Interpreter
+
+    folder = compiled[0] / "arm64-cortex-a72"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    tfl = next(v for v in manifest["variants"] if v["variant"] == "tflite-fp32")
+    assert tfl["file"] == "digits_cnn.fp32.tflite" and tfl["runtime"] == "litert"
+    assert tfl["fidelity"]["top1_agreement"] == 1.0
+    assert tfl["fidelity"]["outputs"]["output"]["max_abs"] < 1e-4
+    interpreter = Interpreter(model_path=str(folder / tfl["file"]))
+    interpreter.allocate_tensors()
+    with np.load(folder / "selftest.npz") as pair:
+        x = pair["input.input"][:1]
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        np.testing.assert_allclose(got, pair["output.tflite-fp32.output"][:1], atol=tfl["selftest_atol"])
+    # Targets without LiteRT get no TFLite file.
+    assert not list((compiled[0] / "jetson-orin-cpu").glob("*.tflite"))

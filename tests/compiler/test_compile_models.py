@@ -93,6 +93,10 @@ def test_pretrained_models_compile_for_every_target(name: str, zoo_cache: Path, 
     report = compile_json(args)
     assert len(report["targets_written"]) == 5
     for row in report["variants"]:
+        if row["skipped"]:
+            # The TFLite backend lowers a subset of ONNX so far; it must say what stopped it.
+            assert row["format"] == "tflite" and row["reason"].startswith("skipped: "), row
+            continue
         assert row["emitted"], row
         if row["precision"] == "int8":
             # Scales, int32 biases and Q/DQ nodes are a fixed cost that small models feel.
