@@ -82,6 +82,17 @@ class TfliteBuilder:
     def add_constant(self, name: str, data: np.ndarray) -> int:
         return self.add_tensor(name, data.shape, data.dtype, data)
 
+    def constant_data(self, tensor: int) -> np.ndarray:
+        """A copy of the data of constant ``tensor``."""
+        t = self.tensors[tensor]
+        return np.frombuffer(self._buffers[t.buffer], dtype=t.dtype).reshape(t.shape).copy()
+
+    def set_constant_data(self, tensor: int, data: np.ndarray) -> None:
+        """Overwrite constant ``tensor`` with ``data`` of the same shape (a folded BatchNormalization)."""
+        t = self.tensors[tensor]
+        assert t.buffer != 0 and tuple(data.shape) == t.shape, f"{t.name} is not a constant of shape {data.shape}"
+        self._buffers[t.buffer] = np.ascontiguousarray(data, dtype=t.dtype).tobytes()
+
     def add_operator(
         self, opcode: int, inputs: list[int], outputs: list[int], options: Options | None = None
     ) -> Operator:

@@ -39,6 +39,15 @@ def nhwc_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[i] for i in TO_NHWC)
 
 
+def nhwc_axis(axis: int) -> int:
+    """Where NCHW axis ``axis`` (0..3) sits in an NHWC tensor: 0, 3, 1, 2."""
+    return TO_NHWC.index(axis)
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
 class LoweringContext:
     """What a lowering reads (constants, shapes, attributes) and writes (tensors, operators)."""
 
@@ -144,11 +153,17 @@ class LoweringContext:
         if src in self.dynamic_batch:
             self.dynamic_batch.add(dst)
 
+    def rename(self, dst: str, src: str) -> None:
+        """``dst`` takes over ``src``'s tensor, which now holds ``dst``'s value (a fused op)."""
+        self.alias(dst, src)
+        value = self.values[dst]
+        self.builder.tensors[value.tensor].name = dst + ("_nhwc" if value.nhwc else "")
+
     def int32(self, values: npt.ArrayLike) -> int:
         data = np.asarray(values, dtype=np.int32)
         return self.builder.add_constant(f"const_{len(self.builder.tensors)}", data)
 
-    def float32(self, name: str, data: np.ndarray) -> int:
+    def float32(self, name: str, data: npt.ArrayLike) -> int:
         return self.builder.add_constant(name, np.ascontiguousarray(data, dtype=np.float32))
 
     # ---- operators ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The lowerings, one module per op family; importing this package registers them all."""
 
-from compiler.tflite.ops import conv, dense, elementwise, pool, shape
+from compiler.tflite.ops import conv, dense, elementwise, layout, normalization, pool, reduce, resize, shape
 
-__all__ = ["conv", "dense", "elementwise", "pool", "shape"]
+__all__ = ["conv", "dense", "elementwise", "layout", "normalization", "pool", "reduce", "resize", "shape"]

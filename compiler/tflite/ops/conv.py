@@ -1,4 +1,5 @@
-"""Conv → CONV_2D on NHWC activations with OHWI weights."""
+"""Conv → CONV_2D (OHWI weights) or, when every group is one input channel, DEPTHWISE_CONV_2D
+([1, H, W, C_in·multiplier] weights); both on NHWC activations."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ def conv_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     weight = ctx.require_constant(node, 1, "the weight").astype(np.float32)
     if weight.ndim != 4:
         raise ctx.fail(node, f"only 2-D convolutions are supported, the weight has rank {weight.ndim}")
-    if attrs.get("group", 1) != 1:
-        raise ctx.fail(node, f"grouped convolution (group={attrs['group']}) is not supported yet")
+    group = attrs.get("group", 1)
+    in_channels = ctx.shape(node.input[0])[1]
+    depthwise = group > 1 and group == in_channels and weight.shape[1] == 1
+    if group != 1 and not depthwise:
+        raise ctx.fail(
+            node, f"grouped convolution (group={group}) is supported only as depthwise (group = input channels)"
+        )
     out_channels = weight.shape[0]
     bias = ctx.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(out_channels)
     if bias is None:
@@ -30,9 +36,8 @@ def conv_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if any(win.pads) and not same:
         x = pad(ctx, node.input[0], x, win.pads)
     y = ctx.define(node, ctx.output_shape(node), nhwc=True)
-    w = ctx.float32(f"{node.input[1]}_ohwi", weight.transpose(0, 2, 3, 1))
     b = ctx.float32(f"{node.output[0]}_bias", np.asarray(bias, dtype=np.float32).reshape(out_channels))
-    options = {
+    options: dict[str, int | float | bool] = {
         "Padding": tflite.Padding.SAME if same and any(win.pads) else tflite.Padding.VALID,
         "StrideH": win.strides[0],
         "StrideW": win.strides[1],
@@ -40,4 +45,12 @@ def conv_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         "DilationWFactor": win.dilations[1],
         "FusedActivationFunction": NONE,
     }
-    ctx.emit(tflite.BuiltinOperator.CONV_2D, [x, w, b], [y], Options("Conv2DOptions", options))
+    if depthwise:
+        # ONNX output channel g·multiplier + m is TFLite's depthwise channel c·multiplier + m.
+        w = ctx.float32(f"{node.input[1]}_1hwo", weight.transpose(1, 2, 3, 0))
+        options["DepthMultiplier"] = out_channels // group
+        opcode, table = tflite.BuiltinOperator.DEPTHWISE_CONV_2D, "DepthwiseConv2DOptions"
+    else:
+        w = ctx.float32(f"{node.input[1]}_ohwi", weight.transpose(0, 2, 3, 1))
+        opcode, table = tflite.BuiltinOperator.CONV_2D, "Conv2DOptions"
+    ctx.emit(opcode, [x, w, b], [y], Options(table, options))

@@ -1,4 +1,8 @@
-"""Elementwise ops: they keep whatever layout their inputs have, and fuse where TFLite can."""
+"""Elementwise ops and activations: they keep whatever layout their inputs have, and fuse where TFLite can.
+
+Clip(0, 6), Clip(-1, 1) and Relu become RELU6 / RELU_N1_TO_1 / RELU, fused into a preceding
+CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD or MUL when nothing else reads its output.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from compiler.tflite.context import NONE, LoweringContext
 from compiler.tflite.registry import lowering
 
 _OP = tflite.BuiltinOperator
+_ACT = tflite.ActivationFunctionType
+_LOWEST = float(np.finfo(np.float32).min)
+_HIGHEST = float(np.finfo(np.float32).max)
 
 
 @lowering("Add", since=7)
@@ -24,14 +31,96 @@ def mul_7(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, _OP.MUL, "MulOptions")
 
 
+@lowering("Sub", since=7)
+def sub_7(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _binary(ctx, node, _OP.SUB, "SubOptions")
+
+
+@lowering("Div", since=7)
+def div_7(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _binary(ctx, node, _OP.DIV, "DivOptions")
+
+
 @lowering("Relu", since=1)
 def relu_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _activation(ctx, node, _OP.RELU, _ACT.RELU)
+
+
+@lowering("Clip", since=6)
+def clip_6(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    attrs = ctx.attrs(node)
+    _clip(ctx, node, attrs.get("min", _LOWEST), attrs.get("max", _HIGHEST))
+
+
+@lowering("Clip", since=11)
+def clip_11(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    bounds = [_LOWEST, _HIGHEST]
+    for i in (1, 2):
+        if len(node.input) > i and node.input[i]:
+            bounds[i - 1] = float(ctx.require_constant(node, i, ("min", "max")[i - 1]))
+    _clip(ctx, node, *bounds)
+
+
+@lowering("LeakyRelu", since=6)
+def leaky_relu_6(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    alpha = float(ctx.attrs(node).get("alpha", 0.01))
+    _unary(ctx, node, _OP.LEAKY_RELU, Options("LeakyReluOptions", {"Alpha": alpha}))
+
+
+@lowering("HardSwish", since=14)
+def hard_swish_14(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    # ONNX's x·max(0, min(1, x/6 + 1/2)) is TFLite's x·relu6(x + 3)/6.
+    _unary(ctx, node, _OP.HARD_SWISH)
+
+
+@lowering("HardSigmoid", since=6)
+def hard_sigmoid_6(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    # max(0, min(1, alpha·x + beta)): MUL, ADD with a fused RELU, MINIMUM with 1.
+    attrs = ctx.attrs(node)
+    nhwc = ctx.is_nhwc(node.input[0])
+    shape = ctx.shape(node.input[0])
+    x = ctx.tensor(node.input[0], nhwc=nhwc)
+    name = node.output[0]
+    scaled = ctx.new_tensor(f"{name}_scaled", shape, nhwc=nhwc, like=node.input[0])
+    shifted = ctx.new_tensor(f"{name}_shifted", shape, nhwc=nhwc, like=node.input[0])
+    alpha = ctx.float32(f"{name}_alpha", np.float32(attrs.get("alpha", 0.2)))
+    beta = ctx.float32(f"{name}_beta", np.float32(attrs.get("beta", 0.5)))
+    ctx.emit(_OP.MUL, [x, alpha], [scaled], Options("MulOptions", {"FusedActivationFunction": NONE}))
+    ctx.emit(_OP.ADD, [scaled, beta], [shifted], Options("AddOptions", {"FusedActivationFunction": _ACT.RELU}))
+    y = ctx.define(node, shape, nhwc=nhwc)
+    ctx.emit(_OP.MINIMUM, [shifted, ctx.float32(f"{name}_one", np.float32(1.0))], [y])
+
+
+def _clip(ctx: LoweringContext, node: onnx.NodeProto, low: float, high: float) -> None:
+    fused = {(0.0, 6.0): (_OP.RELU6, _ACT.RELU6), (-1.0, 1.0): (_OP.RELU_N1_TO_1, _ACT.RELU_N1_TO_1),
+             (0.0, _HIGHEST): (_OP.RELU, _ACT.RELU)}
+    if (low, high) in fused:
+        _activation(ctx, node, *fused[(low, high)])
+        return
+    nhwc = ctx.is_nhwc(node.input[0])
+    shape = ctx.shape(node.input[0])
+    x = ctx.tensor(node.input[0], nhwc=nhwc)
+    steps = [(op, bound) for op, bound, unbounded in ((_OP.MAXIMUM, low, _LOWEST), (_OP.MINIMUM, high, _HIGHEST))
+             if bound != unbounded]
+    if not steps:
+        ctx.alias(node.output[0], node.input[0])
+        return
+    for i, (opcode, bound) in enumerate(steps):
+        last = i == len(steps) - 1
+        out = ctx.define(node, shape, nhwc=nhwc) if last else (
+            ctx.new_tensor(f"{node.output[0]}_low", shape, nhwc=nhwc, like=node.input[0]))
+        ctx.emit(opcode, [x, ctx.float32(f"{node.output[0]}_bound{i}", np.float32(bound))], [out])
+        x = out
+
+
+def _activation(ctx: LoweringContext, node: onnx.NodeProto, opcode: int, fused: int) -> None:
+    """An activation fused into the operator before it when it can be, else its own operator."""
     producer = ctx.fusable_producer(node.input[0])
     if producer is None or producer.options is None:
-        _unary(ctx, node, _OP.RELU)
+        _unary(ctx, node, opcode)
         return
-    producer.options.fields["FusedActivationFunction"] = tflite.ActivationFunctionType.RELU
-    _rename(ctx, node.output[0], node.input[0])
+    producer.options.fields["FusedActivationFunction"] = fused
+    ctx.rename(node.output[0], node.input[0])
 
 
 @lowering("Sigmoid", since=1)
@@ -68,11 +157,11 @@ def _softmax(ctx: LoweringContext, node: onnx.NodeProto, axis: int, *, channels_
     ctx.emit(_OP.SOFTMAX, [x], [y], Options("SoftmaxOptions", {"Beta": 1.0}))
 
 
-def _unary(ctx: LoweringContext, node: onnx.NodeProto, opcode: int) -> None:
+def _unary(ctx: LoweringContext, node: onnx.NodeProto, opcode: int, options: Options | None = None) -> None:
     nhwc = ctx.is_nhwc(node.input[0])
     x = ctx.tensor(node.input[0], nhwc=nhwc)
     y = ctx.define(node, ctx.shape(node.input[0]), nhwc=nhwc)
-    ctx.emit(opcode, [x], [y])
+    ctx.emit(opcode, [x], [y], options)
 
 
 def _binary(ctx: LoweringContext, node: onnx.NodeProto, opcode: int, table: str) -> None:
@@ -102,12 +191,5 @@ def _fold_bias(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     if c.size != units or c.shape[-1] != units or ctx.output_shape(node) != ctx.shape(x):
         return False
     producer.inputs[2] = ctx.float32(f"{node.output[0]}_bias", np.asarray(c, dtype=np.float32).reshape(units))
-    _rename(ctx, node.output[0], x)
+    ctx.rename(node.output[0], x)
     return True
-
-
-def _rename(ctx: LoweringContext, dst: str, src: str) -> None:
-    """``dst`` takes over ``src``'s tensor, which now holds ``dst``'s value (a fused op)."""
-    ctx.alias(dst, src)
-    value = ctx.values[dst]
-    ctx.builder.tensors[value.tensor].name = dst + ("_nhwc" if value.nhwc else "")

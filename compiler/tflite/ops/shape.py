@@ -27,7 +27,7 @@ def flatten_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     target = [math.prod(shape[:axis]), math.prod(shape[axis:])]
     if node.input[0] in ctx.dynamic_batch and axis > 0:
         target[0] = -1
-    _reshape(ctx, node, target)
+    reshape(ctx, node, target)
 
 
 @lowering("Reshape", since=5)
@@ -41,7 +41,7 @@ def reshape_5(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     target = [(-1 if dynamic and i == 0 else shape[i]) if d == 0 else d for i, d in enumerate(requested)]
     if target.count(-1) > 1:
         raise ctx.fail(node, f"shape {requested} leaves more than one dimension unknown with a dynamic batch")
-    _reshape(ctx, node, target)
+    reshape(ctx, node, target)
 
 
 @lowering("Identity", since=1)
@@ -70,7 +70,7 @@ def constant_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     )
 
 
-def _reshape(ctx: LoweringContext, node: onnx.NodeProto, target: list[int]) -> None:
+def reshape(ctx: LoweringContext, node: onnx.NodeProto, target: list[int]) -> None:
     name = node.input[0]
     shape = ctx.shape(name)
     # NHWC with a 1×1 spatial extent has the same element order as NCHW.

@@ -212,9 +212,239 @@ def constant() -> list[Case]:
     return [Case("Constant", "constant_folded_into_mul", _model(nodes, [2, 3], None), _x((2, 3)), 0, 0, _EXACT)]
 
 
+def _int64(model: onnx.ModelProto, **values: list[int]) -> onnx.ModelProto:
+    """Add int64 initializers (axes, pads, shapes) that ``_model`` would turn into floats."""
+    for name, value in values.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+    return model
+
+
+def _conv_then(op: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """A 1×1 Conv ("x" → "c", weight "w") before ``op`` so ``op`` sees an NHWC tensor inside TFLite."""
+    return [helper.make_node("Conv", ["x", "w"], ["c"]), op]
+
+
+def _w(out_channels: int, in_channels: int, seed: int = 20) -> np.ndarray:
+    return _rng(seed).standard_normal((out_channels, in_channels, 1, 1))
+
+
+def _bn_inits(channels: int, seed: int) -> dict[str, np.ndarray]:
+    r = _rng(seed)
+    return {"s": r.standard_normal(channels), "bb": r.standard_normal(channels),
+            "m": r.standard_normal(channels), "v": r.uniform(0.5, 2.0, channels)}
+
+
+def batch_normalization() -> list[Case]:
+    bn = helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["y"], epsilon=1e-3)
+    alone = helper.make_node("BatchNormalization", ["x", "s", "bb", "m", "v"], ["y"])
+    r = _rng(21)
+    dw = {"w": r.standard_normal((6, 1, 3, 3)), **_bn_inits(6, 22)}
+    depthwise = [helper.make_node("Conv", ["x", "w"], ["c"], group=3, pads=[1, 1, 1, 1]), bn]
+    why = "BN folded into the conv weights in float64 then rounded: a few ulp from onnxruntime's order"
+    return [
+        Case("BatchNormalization", "bn_folded_into_conv",
+             _model(_conv_then(bn), [1, 2, 4, 4], None, {"w": _w(4, 2), **_bn_inits(4, 23)}), _x((1, 2, 4, 4)),
+             1e-5, 1e-5, why),
+        Case("BatchNormalization", "bn_folded_into_depthwise", _model(depthwise, [1, 3, 5, 5], None, dw),
+             _x((1, 3, 5, 5)), 1e-5, 1e-5, why),
+        Case("BatchNormalization", "bn_alone_mul_add", _model([alone], [2, 3, 4, 4], None, _bn_inits(3, 24)),
+             _x((2, 3, 4, 4)), 1e-5, 1e-5, "scale and shift precomputed in float64, then one MUL and one ADD"),
+    ]
+
+
+def clip() -> list[Case]:
+    def one(name: str, low: float | None, high: float | None, after_conv: bool = False) -> Case:
+        inits: dict[str, np.ndarray] = {}
+        names = ["c" if after_conv else "x", "", ""]
+        for i, (key, bound) in enumerate((("lo", low), ("hi", high)), start=1):
+            if bound is not None:
+                inits[key], names[i] = np.array(bound), key
+        while names[-1] == "":
+            names.pop()
+        node = helper.make_node("Clip", names, ["y"])
+        nodes = _conv_then(node) if after_conv else [node]
+        if after_conv:
+            inits["w"] = _w(3, 2)
+        x = _x((1, 2, 4, 4)) if after_conv else {"x": 4 * _rng(25).standard_normal((2, 3, 4, 4)).astype(np.float32)}
+        shape: list[int | str] = [1, 2, 4, 4] if after_conv else [2, 3, 4, 4]
+        tol = 1e-5 if after_conv else 0.0
+        return Case("Clip", name, _model(nodes, shape, None, inits), x, tol, tol,
+                    _ACCUMULATE if after_conv else _EXACT)
+
+    return [
+        one("clip_relu6_fused_into_conv", 0.0, 6.0, after_conv=True),
+        one("clip_relu_n1_to_1", -1.0, 1.0),
+        one("clip_min_max", -0.5, 2.0),
+        one("clip_max_only", None, 0.25),
+    ]
+
+
+def leaky_relu() -> list[Case]:
+    node = helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)
+    return [Case("LeakyRelu", "leaky_relu", _model([node], [2, 3, 4], None), _x((2, 3, 4)), 1e-6, 1e-7,
+                 "one fp32 multiply; XNNPACK may compute it as a select of x and alpha·x")]
+
+
+def hard_sigmoid() -> list[Case]:
+    node = helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)
+    return [Case("HardSigmoid", "hard_sigmoid", _model(_conv_then(node), [1, 2, 3, 3], None, {"w": _w(3, 2)}),
+                 {"x": 3 * _rng(26).standard_normal((1, 2, 3, 3)).astype(np.float32)}, 1e-5, 1e-6,
+                 "alpha·x + beta as MUL then ADD (onnxruntime may fuse it into one multiply-add)")]
+
+
+def hard_swish() -> list[Case]:
+    node = helper.make_node("HardSwish", ["x"], ["y"])
+    return [Case("HardSwish", "hard_swish", _model([node], [2, 3, 4, 4], None),
+                 {"x": 4 * _rng(27).standard_normal((2, 3, 4, 4)).astype(np.float32)}, 1e-5, 1e-6,
+                 "x·relu6(x + 3)/6 versus x·clip(x/6 + 1/2): different rounding of the same formula")]
+
+
+def sub() -> list[Case]:
+    k = _rng(28).standard_normal((3, 1, 1))
+    minus = helper.make_node("Sub", ["k", "c"], ["y"])
+    return [
+        Case("Sub", "sub_constant_minus_nhwc", _model(_conv_then(minus), [1, 2, 3, 3], None, {"w": _w(3, 2), "k": k}),
+             _x((1, 2, 3, 3)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Sub", "sub_two_activations", _model([helper.make_node("Sub", ["x", "x"], ["y"])], [2, 3], None),
+             _x((2, 3)), 0, 0, _EXACT),
+    ]
+
+
+def div() -> list[Case]:
+    k = _rng(29).uniform(0.5, 2.0, (1, 4))
+    return [Case("Div", "div_by_row", _model([helper.make_node("Div", ["x", "k"], ["y"])], [3, 4], None, {"k": k}),
+                 _x((3, 4)), 1e-6, 1e-7, "XNNPACK may divide as a multiply by the reciprocal")]
+
+
+def depthwise_conv() -> list[Case]:
+    r = _rng(30)
+    multiplier = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=3, pads=[1, 1, 1, 1], strides=[2, 2])
+    plain = helper.make_node("Conv", ["x", "w"], ["y"], group=4, dilations=[2, 2])
+    return [
+        Case("Conv", "conv_depthwise_multiplier2_stride2",
+             _model([multiplier], [1, 3, 7, 7], None, {"w": r.standard_normal((6, 1, 3, 3)),
+                                                      "b": r.standard_normal(6)}),
+             _x((1, 3, 7, 7)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Conv", "conv_depthwise_dilated", _model([plain], [2, 4, 7, 7], None,
+                                                       {"w": r.standard_normal((4, 1, 3, 3))}),
+             _x((2, 4, 7, 7)), 1e-5, 1e-5, _ACCUMULATE),
+    ]
+
+
+def concat() -> list[Case]:
+    k = _rng(31).standard_normal((1, 2, 3, 3))
+    channels = helper.make_node("Concat", ["c", "k", "c"], ["y"], axis=1)
+    width = helper.make_node("Concat", ["c", "c"], ["y"], axis=-1)
+    plain = helper.make_node("Concat", ["x", "x"], ["y"], axis=0)
+    inits = {"w": _w(3, 2), "k": k}
+    return [
+        Case("Concat", "concat_channels_of_nhwc_and_constant", _model(_conv_then(channels), [1, 2, 3, 3], None,
+                                                                       inits), _x((1, 2, 3, 3)), 1e-5, 1e-5,
+             _ACCUMULATE),
+        Case("Concat", "concat_width_of_nhwc", _model(_conv_then(width), [1, 2, 3, 3], None, {"w": _w(3, 2)}),
+             _x((1, 2, 3, 3)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Concat", "concat_axis0_rank2", _model([plain], [2, 3], None), _x((2, 3)), 0, 0, _EXACT),
+    ]
+
+
+def transpose() -> list[Case]:
+    after_conv = helper.make_node("Transpose", ["c"], ["y"], perm=[0, 2, 3, 1])
+    plain = helper.make_node("Transpose", ["x"], ["y"])
+    return [
+        Case("Transpose", "transpose_of_nhwc_folds_layout", _model(_conv_then(after_conv), [1, 2, 3, 4], None,
+                                                                    {"w": _w(3, 2)}), _x((1, 2, 3, 4)), 1e-5, 1e-5,
+             _ACCUMULATE),
+        Case("Transpose", "transpose_default_reverses", _model([plain], [2, 3, 4], None), _x((2, 3, 4)), 0, 0,
+             _EXACT),
+    ]
+
+
+def squeeze() -> list[Case]:
+    node = helper.make_node("Squeeze", ["c", "axes"], ["y"])
+    model = _int64(_model(_conv_then(node), [2, 2, 1, 4], None, {"w": _w(3, 2)}), axes=[2])
+    return [Case("Squeeze", "squeeze_h_of_nhwc", model, _x((2, 2, 1, 4)), 1e-5, 1e-5, _ACCUMULATE)]
+
+
+def unsqueeze() -> list[Case]:
+    node = helper.make_node("Unsqueeze", ["x", "axes"], ["y"])
+    model = _int64(_model([node], ["N", 3, 4], None), axes=[1, -1])
+    return [Case("Unsqueeze", "unsqueeze_dynamic_batch", model, _x((2, 3, 4)), 0, 0, _EXACT)]
+
+
+def pad_op() -> list[Case]:
+    nhwc = helper.make_node("Pad", ["c", "pads"], ["y"])
+    valued = helper.make_node("Pad", ["x", "pads", "v"], ["y"])
+    m1 = _int64(_model(_conv_then(nhwc), [1, 2, 3, 3], None, {"w": _w(3, 2)}), pads=[0, 1, 2, 0, 0, 0, 1, 3])
+    m2 = _int64(_model([valued], [2, 3], None, {"v": np.array(1.5)}), pads=[1, 0, 0, 2])
+    return [
+        Case("Pad", "pad_nhwc_channels_and_spatial", m1, _x((1, 2, 3, 3)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Pad", "pad_constant_value", m2, _x((2, 3)), 0, 0, _EXACT),
+    ]
+
+
+def resize() -> list[Case]:
+    def one(name: str, size: list[int], tol: float, why: str, **attrs: str) -> Case:
+        node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)
+        model = _int64(_model([node], [1, 2, 4, 5], None), sizes=[1, 2, *size])
+        return Case("Resize", name, model, _x((1, 2, 4, 5)), tol, tol, why)
+
+    lerp = "bilinear weights computed in another order (and by XNNPACK)"
+    return [
+        one("resize_nearest_half_pixel_x2", [8, 10], 0, _EXACT, mode="nearest"),
+        one("resize_nearest_asymmetric_floor_x3", [12, 15], 0, _EXACT, mode="nearest",
+            coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        one("resize_linear_half_pixel", [7, 9], 1e-5, lerp, mode="linear"),
+        one("resize_linear_align_corners", [7, 9], 1e-5, lerp, mode="linear",
+            coordinate_transformation_mode="align_corners"),
+        one("resize_linear_asymmetric_down", [3, 4], 1e-5, lerp, mode="linear",
+            coordinate_transformation_mode="asymmetric"),
+    ]
+
+
+def reduce_mean() -> list[Case]:
+    spatial = helper.make_node("ReduceMean", ["c"], ["y"], axes=[2, 3], keepdims=0)
+    channels = helper.make_node("ReduceMean", ["c"], ["y"], axes=[1])
+    height = helper.make_node("ReduceMean", ["c"], ["y"], axes=[-2], keepdims=0)
+    inits = {"w": _w(3, 2)}
+    why = "a mean of a few fp32 values (after a 1×1 conv) summed in another order"
+    return [
+        Case("ReduceMean", f"reduce_mean_{name}_of_nhwc", _model(_conv_then(node), [2, 2, 3, 4], None, inits),
+             _x((2, 2, 3, 4)), 1e-5, 1e-5, why)
+        for name, node in (("spatial_drop", spatial), ("channels_keep", channels), ("height_drop", height))
+    ]
+
+
+def split() -> list[Case]:
+    channels = helper.make_node("Split", ["c", "parts"], ["y", "z"], axis=1)
+    graph = _int64(_model(_conv_then(channels), [1, 2, 3, 3], None, {"w": _w(5, 2)}), parts=[2, 3])
+    graph.graph.output.append(helper.make_tensor_value_info("z", F, None))
+    plain = helper.make_node("Split", ["x"], ["y", "z"], axis=-1)
+    equal = _model([plain], [2, 6], None)
+    equal.graph.output.append(helper.make_tensor_value_info("z", F, None))
+    return [
+        Case("Split", "split_channels_of_nhwc", graph, _x((1, 2, 3, 3)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Split", "split_equal_last_axis", equal, _x((2, 6)), 0, 0, _EXACT),
+    ]
+
+
+def slice_op() -> list[Case]:
+    nhwc = helper.make_node("Slice", ["c", "starts", "ends", "axes", "steps"], ["y"])
+    m1 = _int64(_model(_conv_then(nhwc), [1, 2, 6, 6], None, {"w": _w(4, 2)}),
+                starts=[1, -1, 0], ends=[3, -100, 100], axes=[1, 3, 2], steps=[1, -2, 2])
+    plain = helper.make_node("Slice", ["x", "starts", "ends"], ["y"])
+    m2 = _int64(_model([plain], ["N", 5, 4], None), starts=[1, 1], ends=[4, 3])
+    m2.graph.node[0].input.extend(["axes"])
+    m2.graph.initializer.append(numpy_helper.from_array(np.array([2, 1], dtype=np.int64), "axes"))
+    return [
+        Case("Slice", "slice_nhwc_negative_step", m1, _x((1, 2, 6, 6)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Slice", "slice_dynamic_batch_with_axes", m2, _x((3, 5, 4)), 0, 0, _EXACT),
+    ]
+
+
 CASE_BUILDERS: list[Callable[[], list[Case]]] = [
     conv, relu, max_pool, average_pool, global_average_pool, gemm, matmul, flatten, reshape, add, mul, softmax,
-    sigmoid, tanh, identity, dropout, constant,
+    sigmoid, tanh, identity, dropout, constant, batch_normalization, clip, leaky_relu, hard_sigmoid, hard_swish,
+    sub, div, depthwise_conv, concat, transpose, squeeze, unsqueeze, pad_op, resize, reduce_mean, split, slice_op,
 ]
 
 

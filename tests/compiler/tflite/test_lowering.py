@@ -71,13 +71,52 @@ def test_op_below_its_first_lowering_opset_is_rejected() -> None:
 
 
 def test_unsupported_attribute_names_the_node() -> None:
-    w = np.ones((4, 1, 3, 3))
-    node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, name="dw")
-    with pytest.raises(TfliteLoweringError, match=r"'Conv' \(node 'dw'\): grouped convolution \(group=2\)"):
-        lower_to_tflite(_model([node], [1, 2, 5, 5], None, {"w": w}))
+    w = np.ones((4, 2, 3, 3))
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, name="grouped")
+    with pytest.raises(TfliteLoweringError, match=r"'Conv' \(node 'grouped'\): grouped convolution \(group=2\)"):
+        lower_to_tflite(_model([node], [1, 4, 5, 5], None, {"w": w}))
+
+
+def test_batch_norm_after_conv_is_folded_into_its_weights() -> None:
+    assert opcodes(lower_to_tflite(case("bn_folded_into_conv"))) == [OP.TRANSPOSE, OP.CONV_2D, OP.TRANSPOSE]
+    ops = opcodes(lower_to_tflite(case("bn_folded_into_depthwise")))
+    assert ops == [OP.TRANSPOSE, OP.DEPTHWISE_CONV_2D, OP.TRANSPOSE]
+
+
+def test_clip_0_6_after_conv_is_a_fused_relu6() -> None:
+    assert opcodes(lower_to_tflite(case("clip_relu6_fused_into_conv"))) == [OP.TRANSPOSE, OP.CONV_2D, OP.TRANSPOSE]
+    assert opcodes(lower_to_tflite(case("clip_relu_n1_to_1"))) == [OP.RELU_N1_TO_1]
+    assert opcodes(lower_to_tflite(case("clip_min_max"))) == [OP.MAXIMUM, OP.MINIMUM]
+
+
+def test_transpose_of_nhwc_is_one_transpose() -> None:
+    ops = opcodes(lower_to_tflite(case("transpose_of_nhwc_folds_layout")))
+    assert ops == [OP.TRANSPOSE, OP.CONV_2D, OP.TRANSPOSE]
+
+
+def test_concat_of_nhwc_stays_channels_last() -> None:
+    ops = opcodes(lower_to_tflite(case("concat_channels_of_nhwc_and_constant")))
+    assert ops == [OP.TRANSPOSE, OP.CONV_2D, OP.CONCATENATION, OP.TRANSPOSE]
 
 
 def test_softmax_over_a_middle_axis_is_rejected() -> None:
     node = helper.make_node("Softmax", ["x"], ["y"], axis=1, name="sm")
     with pytest.raises(TfliteLoweringError, match="only the last axis"):
         lower_to_tflite(_model([node], [2, 3, 4], None))
+
+
+def test_empty_slice_is_rejected() -> None:
+    node = helper.make_node("Slice", ["x", "starts", "ends"], ["y"], name="empty")
+    model = _model([node], [2, 3], None)
+    for name in ("starts", "ends"):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), name))
+    with pytest.raises(TfliteLoweringError, match=r"'Slice' \(node 'empty'\): the slice is empty"):
+        lower_to_tflite(model)
+
+
+def test_resize_with_a_rounding_tflite_lacks_is_rejected() -> None:
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest", name="rs",
+                            coordinate_transformation_mode="asymmetric")
+    model = _model([node], [1, 1, 4, 4], None, {"scales": np.array([1, 1, 2, 2])})
+    with pytest.raises(TfliteLoweringError, match=r"'Resize' \(node 'rs'\): nearest_mode='round_prefer_floor'"):
+        lower_to_tflite(model)
