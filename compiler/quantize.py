@@ -102,6 +102,8 @@ def calibrate(model_path: Path, data: TensorSet, method: str, work_dir: Path) ->
         calibrate_method=_ort_method(method),
     )
     # onnxruntime's histogram calibrators print() progress; stdout belongs to --json output.
+    # One collect_data call over all samples: feeding onnxruntime's histogram calibrators in
+    # chunks re-bins as ranges grow and moved Percentile's ranges enough to change results.
     with contextlib.redirect_stdout(io.StringIO()):
         calibrator.collect_data(_Reader(data))
         tensors = calibrator.compute_data()

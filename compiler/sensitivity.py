@@ -12,14 +12,13 @@ inputs. The increase is what quantizing that node (its weights and its output) c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from compiler.data import TensorSet
+from compiler.data import TensorSet, sample_count, take
 from compiler.quantize import _Reader
 
 
@@ -31,39 +30,50 @@ class NodeError:
     output_nsr: float
 
 
-def _nsr(reference: Sequence[np.ndarray], noisy: Sequence[np.ndarray]) -> float:
-    ref = np.concatenate([np.asarray(r, np.float64).ravel() for r in reference])
-    got = np.concatenate([np.asarray(g, np.float64).ravel() for g in noisy])
-    power = float(ref @ ref)
-    return float(((ref - got) ** 2).sum() / power) if power > 0 else 0.0
+# Activations are collected this many samples at a time: every intermediate tensor of two
+# models is held at once, which for PP-OCR's recogniser is hundreds of MB per sample.
+CHUNK = 4
 
 
-def _activations(model: Path, data: TensorSet, work_dir: Path, tag: str) -> dict[str, list[np.ndarray]]:
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        modify_model_output_intermediate_tensors,
-    )
+def _augment(model: Path, work_dir: Path, tag: str) -> Path:
+    from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 
     augmented = work_dir / f"debug-{tag}.onnx"
     modify_model_output_intermediate_tensors(str(model), str(augmented))
-    acts = collect_activations(str(augmented), _Reader(data))
-    augmented.unlink()
-    return acts
+    return augmented
+
+
+def _error_powers(float_aug: Path, qdq_aug: Path, data: TensorSet) -> dict[str, tuple[float, float]]:
+    """Per quantized tensor: (sum of squared error, sum of squared signal) over all samples."""
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, create_activation_matching
+
+    sums: dict[str, list[float]] = {}
+    n = sample_count(data)
+    for start in range(0, n, CHUNK):
+        part = take(data, slice(start, min(start + CHUNK, n)))
+        matching = create_activation_matching(
+            collect_activations(str(qdq_aug), _Reader(part)), collect_activations(str(float_aug), _Reader(part))
+        )
+        for name, m in matching.items():
+            if "float" not in m or m.get("post_qdq") is None:
+                continue
+            acc = sums.setdefault(name, [0.0, 0.0])
+            for ref, got in zip(m["float"], m["post_qdq"], strict=True):
+                r = np.asarray(ref, np.float64).ravel()
+                acc[0] += float(((r - np.asarray(got, np.float64).ravel()) ** 2).sum())
+                acc[1] += float(r @ r)
+    return {k: (v[0], v[1]) for k, v in sums.items()}
 
 
 def rank_nodes(float_model: Path, qdq_model: Path, data: TensorSet, work_dir: Path) -> list[NodeError]:
     """Nodes of ``float_model`` whose outputs the QDQ model quantizes, worst first."""
-    from onnxruntime.quantization.qdq_loss_debug import create_activation_matching
-
-    matching = create_activation_matching(
-        _activations(qdq_model, data, work_dir, "qdq"),
-        _activations(float_model, data, work_dir, "fp32"),
-    )
-    nsr = {
-        name: _nsr(m["float"], m["post_qdq"])
-        for name, m in matching.items()
-        if "float" in m and m.get("post_qdq") is not None
-    }
+    float_aug, qdq_aug = _augment(float_model, work_dir, "fp32"), _augment(qdq_model, work_dir, "qdq")
+    try:
+        powers = _error_powers(float_aug, qdq_aug, data)
+    finally:
+        float_aug.unlink()
+        qdq_aug.unlink()
+    nsr = {name: err / power if power > 0 else 0.0 for name, (err, power) in powers.items()}
     ranked = []
     for node in onnx.load(str(float_model), load_external_data=False).graph.node:
         outs = [nsr[o] for o in node.output if o in nsr]

@@ -97,6 +97,26 @@ def build_plain(precision: str, prepared: Path, work_dir: Path, g: GateInputs) -
     return Built(precision, path, fid, quant)
 
 
+def _static_shapes(model: onnx.ModelProto, data: TensorSet) -> onnx.ModelProto:
+    """Fix the non-batch input dims the graph leaves symbolic to the data's, then re-infer.
+
+    TFLite kernels are planned for static shapes (only the batch may vary); an image model
+    exported with dynamic height and width is compiled for the size it is fed.
+    """
+    fixed = False
+    for value in model.graph.input:
+        if value.name not in data:
+            continue
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if axis > 0 and not dim.HasField("dim_value"):
+                dim.dim_value = int(data[value.name].shape[axis])
+                fixed = True
+    if not fixed:
+        return model
+    del model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
 def build_tflite(precision: str, prepared: Path, work_dir: Path, g: GateInputs) -> Built:
     """The TFLite lowering of the prepared graph, run in LiteRT and gated like the others."""
     from compiler.tflite import TfliteLoweringError, lower_to_tflite
@@ -104,7 +124,7 @@ def build_tflite(precision: str, prepared: Path, work_dir: Path, g: GateInputs) 
     quant: dict[str, Any] = {"type": precision, "format": "tflite"}
     path = work_dir / f"{precision}.tflite"
     try:
-        path.write_bytes(lower_to_tflite(onnx.load(str(prepared))))
+        path.write_bytes(lower_to_tflite(_static_shapes(onnx.load(str(prepared)), g.eval_data)))
     except TfliteLoweringError as exc:
         return Built(precision, None, None, quant, reason=f"skipped: {exc}", format="tflite", skipped=True)
     try:

@@ -142,3 +142,31 @@ def test_per_channel_failure_retries_per_tensor(digits_cnn, tmp_path: Path, monk
     int8 = next(v for v in manifest["variants"] if v["precision"] == "int8")
     assert int8["file"] and int8["quantization"]["per_channel"] is False
     assert "per-axis scale must be 1-D" in int8["quantization"]["reason"]
+
+
+def test_dynamic_image_size_is_fixed_to_the_data_for_tflite(tmp_path: Path):
+    # An image model exported with symbolic height and width still gets a TFLite variant,
+    # planned for the size it is calibrated and evaluated on.
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w"),
+        numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "fc"], ["scores"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes, "dynamic_hw", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4])], initializer=weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "c.npy", rng.random((40, 3, 12, 16), dtype=np.float32))
+    report = compile_json([str(tmp_path / "m.onnx"), "-c", str(tmp_path / "c.npy"), "-t", "arm64-cortex-a72",
+                           "--out", str(tmp_path / "o")])
+    tfl = next(r for r in report["variants"] if r["variant"] == "tflite-fp32")
+    assert tfl["emitted"], tfl
+    assert tfl["fidelity"]["outputs"]["scores"]["cosine"] > 0.99999
