@@ -75,6 +75,12 @@ class LoweringContext:
             raise self.fail(node, f"{what} (input {index}) must be a constant initializer")
         return value
 
+    def optional_constant_list(self, node: onnx.NodeProto, index: int, what: str) -> list[int] | None:
+        """An optional input (absent or named ""), which must be constant when present."""
+        if index >= len(node.input) or not node.input[index]:
+            return None
+        return [int(v) for v in self.require_constant(node, index, what).tolist()]
+
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self.constants:
             return tuple(self.constants[name].shape)

@@ -50,7 +50,7 @@ def squeeze_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lowering("Squeeze", since=13)
 def squeeze_13(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    axes = ctx.require_constant(node, 1, "axes").tolist() if len(node.input) > 1 and node.input[1] else None
+    axes = ctx.optional_constant_list(node, 1, "axes")
     _squeeze(ctx, node, axes)
 
 
@@ -108,8 +108,8 @@ def slice_10(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     shape = ctx.shape(node.input[0])
     rank = len(shape)
     starts, ends = (ctx.require_constant(node, i, what).tolist() for i, what in ((1, "starts"), (2, "ends")))
-    axes = ctx.require_constant(node, 3, "axes").tolist() if len(node.input) > 3 and node.input[3] else None
-    steps = ctx.require_constant(node, 4, "steps").tolist() if len(node.input) > 4 and node.input[4] else None
+    axes = ctx.optional_constant_list(node, 3, "axes")
+    steps = ctx.optional_constant_list(node, 4, "steps")
     begin, end, stride = [0] * rank, [0] * rank, [1] * rank
     begin_mask = end_mask = 0
     sliced = set()

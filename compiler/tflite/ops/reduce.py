@@ -17,7 +17,7 @@ def reduce_mean_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lowering("ReduceMean", since=18)
 def reduce_mean_18(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    axes = ctx.require_constant(node, 1, "axes").tolist() if len(node.input) > 1 and node.input[1] else None
+    axes = ctx.optional_constant_list(node, 1, "axes")
     if not axes and ctx.attrs(node).get("noop_with_empty_axes", 0):
         ctx.alias(node.output[0], node.input[0])
         return
