@@ -33,7 +33,7 @@ def peer_quantize(model: Path, calib: ds.TensorSet, out: Path) -> float:
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from compiler.quantize import _Reader
+    from compiler.quantize import SampleReader
 
     t0 = time.perf_counter()
     pre = out.with_suffix(".pre.onnx")
@@ -42,7 +42,7 @@ def peer_quantize(model: Path, calib: ds.TensorSet, out: Path) -> float:
             quant_pre_process(str(model), str(pre))
         except Exception:  # what a user does when symbolic shape inference gives up (YOLO does)
             quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), _Reader(calib))
+    quantize_static(str(pre), str(out), SampleReader(calib))
     return time.perf_counter() - t0
 
 

@@ -34,8 +34,8 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "percentile"
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over an in-memory data set, one sample a call."""
+class SampleReader:
+    """onnxruntime's CalibrationDataReader protocol (get_next and iteration) over in-memory samples."""
 
     def __init__(self, data: TensorSet) -> None:
         self._data = data
@@ -52,7 +52,7 @@ class _Reader:
     def __len__(self) -> int:
         return self._n
 
-    def __iter__(self) -> _Reader:
+    def __iter__(self) -> SampleReader:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -105,7 +105,7 @@ def calibrate(model_path: Path, data: TensorSet, method: str, work_dir: Path) ->
     # One collect_data call over all samples: feeding onnxruntime's histogram calibrators in
     # chunks re-bins as ranges grow and moved Percentile's ranges enough to change results.
     with contextlib.redirect_stdout(io.StringIO()):
-        calibrator.collect_data(_Reader(data))
+        calibrator.collect_data(SampleReader(data))
         tensors = calibrator.compute_data()
     del calibrator
     cache = work_dir / f"ranges-{method}.json"

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from compiler.data import TensorSet, sample_count, take
-from compiler.quantize import _Reader
+from compiler.quantize import SampleReader
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def _error_powers(float_aug: Path, qdq_aug: Path, data: TensorSet) -> dict[str, 
     for start in range(0, n, CHUNK):
         part = take(data, slice(start, min(start + CHUNK, n)))
         matching = create_activation_matching(
-            collect_activations(str(qdq_aug), _Reader(part)), collect_activations(str(float_aug), _Reader(part))
+            collect_activations(str(qdq_aug), SampleReader(part)),
+            collect_activations(str(float_aug), SampleReader(part)),
         )
         for name, m in matching.items():
             if "float" not in m or m.get("post_qdq") is None:

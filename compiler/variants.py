@@ -70,7 +70,8 @@ def _gate(path: Path, g: GateInputs) -> tuple[Fidelity, list[str]]:
     try:
         fid = measure(path, g.eval_data, g.reference, labels=g.labels)
     except Exception as exc:  # onnxruntime raises bare pybind classes; translate at the boundary
-        raise VariantFailure(f"onnxruntime cannot run it ({error_summary(exc)})") from exc
+        runtime = "LiteRT" if path.suffix == ".tflite" else "onnxruntime"
+        raise VariantFailure(f"{runtime} cannot run it ({error_summary(exc)})") from exc
     return fid, g.budget.violations(fid)
 
 
@@ -130,7 +131,7 @@ def build_tflite(precision: str, prepared: Path, work_dir: Path, g: GateInputs) 
     try:
         fid, bad = _gate(path, g)
     except VariantFailure as exc:
-        return Built(precision, None, None, quant, reason=str(exc).replace("onnxruntime", "LiteRT"), format="tflite")
+        return Built(precision, None, None, quant, reason=str(exc), format="tflite")
     if bad:
         return Built(precision, None, fid, quant, reason="; ".join(bad), format="tflite")
     return Built(precision, path, fid, quant, format="tflite")
