@@ -49,23 +49,39 @@ def dumps(manifest: dict[str, Any]) -> bytes:
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST_NAME
     try:
-        manifest = json.loads(path.read_bytes())
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise VerificationError(f"{path} is missing: is {folder} a compile output folder?") from exc
-    except (OSError, ValueError) as exc:
-        raise VerificationError(f"{path} is not readable JSON ({exc}): recompile the model") from exc
+    except OSError as exc:
+        raise VerificationError(f"{path} is not readable ({exc.strerror}): recompile the model") from exc
+    return parse_manifest(raw, str(path))
+
+
+def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    """Parse and check the shape of a manifest's bytes; ``where`` names it in errors."""
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VerificationError(f"{where} is not readable JSON ({exc}): recompile the model") from exc
     if not isinstance(manifest, dict):
-        raise VerificationError(f"{path} is not a JSON object: recompile the model")
+        raise VerificationError(f"{where} is not a JSON object: recompile the model")
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
-        raise VerificationError(f"{path} lacks {', '.join(missing)}: recompile the model")
+        raise VerificationError(f"{where} lacks {', '.join(missing)}: recompile the model")
     if manifest["schema"] != SCHEMA:
         raise VerificationError(
-            f"{path} has schema {manifest['schema']!r}, this edgectl reads {SCHEMA!r}: upgrade edgectl"
+            f"{where} has schema {manifest['schema']!r}, this edgectl reads {SCHEMA!r}: upgrade edgectl"
         )
     if not isinstance(manifest["files"], dict):
-        raise VerificationError(f"{path}: 'files' must map file names to sha256")
+        raise VerificationError(f"{where}: 'files' must map file names to sha256")
     return manifest
+
+
+def check_signature(manifest: dict[str, Any], public_key: Ed25519PublicKey, where: str) -> None:
+    sig = manifest.get("signature")
+    if not isinstance(sig, dict) or sig.get("algorithm") != signing.ALGORITHM:
+        raise VerificationError(f"{where} is not signed: compile with --sign-key to sign it")
+    signing.verify_signature(public_key, signed_payload(manifest), str(sig.get("value", "")))
 
 
 def verify_dir(folder: Path, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
@@ -92,10 +108,5 @@ def verify_dir(folder: Path, public_key: Ed25519PublicKey | None = None) -> dict
     if unlisted:
         raise VerificationError(f"{folder} holds files the manifest does not list: {', '.join(unlisted)}")
     if public_key is not None:
-        sig = manifest.get("signature")
-        if not isinstance(sig, dict) or sig.get("algorithm") != signing.ALGORITHM:
-            raise VerificationError(
-                f"{folder / MANIFEST_NAME} is not signed: compile with --sign-key to sign it"
-            )
-        signing.verify_signature(public_key, signed_payload(manifest), str(sig.get("value", "")))
+        check_signature(manifest, public_key, str(folder / MANIFEST_NAME))
     return manifest

@@ -8,11 +8,14 @@ PY=${PYTHON:-python3}
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# System packages: none are needed by the compiler yet beyond Python itself; later stages add
-# theirs here (Mosquitto for the agent and fleet tests).
-if ! "$PY" -c "import venv, ensurepip" 2>/dev/null; then
+# System packages: Python's venv, and Mosquitto (the agent and fleet tests start their own
+# broker on a random port; the packaged service is not used).
+need=()
+"$PY" -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv python3-dev)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq python3-venv python3-dev
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -6,12 +6,14 @@ do not import onnx, torch or scikit-learn.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from tests.mosquitto import Mosquitto
     from tests.zoo import ZooModel
 
 
@@ -39,3 +41,34 @@ def mnist_cnn(zoo_cache: Path) -> ZooModel:
     from tests import zoo
 
     return zoo.mnist_cnn(zoo_cache)
+
+
+# --- Mosquitto (tests marked mqtt) ----------------------------------------------------------
+# A missing broker fails the test with the fix (never a skip: CI must not go green without it).
+
+
+def _start_mosquitto(tmp_dir: Path) -> Mosquitto:
+    from tests.mosquitto import Mosquitto, MosquittoMissing
+
+    broker = Mosquitto(tmp_dir)
+    try:
+        broker.start()
+    except MosquittoMissing as exc:
+        pytest.fail(f"{exc}", pytrace=False)
+    return broker
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker of its own for this test, free to stop, kill and restart (same port)."""
+    broker = _start_mosquitto(tmp_path / "mosquitto")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def mosquitto_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One broker shared by the whole run; use unique client ids and topics, never stop it."""
+    broker = _start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    yield broker
+    broker.stop()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import typer
 
+from edgectl.cli import agent, examples, keys, targets, verify
 from edgectl.cli import compile as compile_cmd
-from edgectl.cli import examples, keys, targets, verify
 from edgectl.cli._common import DEBUG, one_line_errors
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.command("verify")(one_line_errors(verify.verify_command))
 app.command("example")(one_line_errors(examples.example_command))
 app.add_typer(targets.app, name="targets")
 app.add_typer(keys.app, name="keys")
+app.add_typer(agent.app, name="agent")
 
 
 def main() -> None:

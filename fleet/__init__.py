@@ -1,0 +1,1 @@
+"""The fleet controller: registry, scheduler, reconcile loops and the artifact server."""
