@@ -38,6 +38,10 @@ class FetchError(EdgectlError):
     """A file could not be fetched: not on the server, corrupt, out of disk, or no answer."""
 
 
+class DamagedPrefix(FetchError):
+    """The partial file kept from an earlier run was not a prefix of the file."""
+
+
 class FetchCancelled(FetchError):
     """The caller asked to stop (the desired state changed, or the agent is shutting down)."""
 
@@ -89,7 +93,13 @@ class ChunkFetcher:
         with self._lock:
             self._jobs[job] = replies
         try:
-            return _Transfer(self, sha256, job, replies, cancel or threading.Event(), on_progress, max_bytes).run(dest)
+            cancel = cancel or threading.Event()
+            try:
+                return _Transfer(self, sha256, job, replies, cancel, on_progress, max_bytes).run(dest)
+            except DamagedPrefix:
+                # A prefix left on disk by an earlier run did not add up (a torn or altered
+                # .part file): it is gone now, so fetch the whole file once more.
+                return _Transfer(self, sha256, job, replies, cancel, on_progress, max_bytes).run(dest)
         finally:
             with self._lock:
                 self._jobs.pop(job, None)
@@ -116,6 +126,7 @@ class _Transfer:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     hasher.update(block)
             self.stats.resumed_from = done
+            log.info("resuming %s… from %d verified bytes on disk", self.sha[:12], done)
         chunk = self.f.cfg.chunk_bytes
         next_offset = done
         with part.open("ab") as out:
@@ -149,6 +160,9 @@ class _Transfer:
             os.fsync(out.fileno())
         if hasher.hexdigest() != self.sha:
             part.unlink(missing_ok=True)
+            if self.stats.resumed_from:
+                log.warning("partial download of %s… was damaged; fetching it again from the start", self.sha[:12])
+                raise DamagedPrefix(f"partial download of {self.sha[:12]}… was damaged")
             raise FetchError(
                 f"fetched file has sha256 {hasher.hexdigest()[:12]}…, expected {self.sha[:12]}…: "
                 "the artifact store holds a different file under this name; re-publish the artifact"

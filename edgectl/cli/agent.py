@@ -6,10 +6,13 @@ from pathlib import Path
 
 import typer
 
+from edgectl.cli._common import one_line_errors
+
 app = typer.Typer(help="Run the device agent.", no_args_is_help=True)
 
 
 @app.command("run")
+@one_line_errors
 def run_command(
     config: Path = typer.Option(..., "--config", "-c", help="The agent's TOML config (see edge_agent/README.md)."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),

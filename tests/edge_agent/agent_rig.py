@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +29,10 @@ class ControllerSide:
     states: list[dict[str, Any]] = field(default_factory=list)
     generation: int = 0
 
+    server_class: type[ChunkServer] = ChunkServer
+
     def __post_init__(self) -> None:
-        self.server = ChunkServer(self.transport, self.store)
+        self.server = self.server_class(self.transport, self.store)
         self.server.start()
         self.transport.subscribe(wire.report_topic(self.device_id), self._on_report)
         self.transport.subscribe(wire.telemetry_topic(self.device_id),
@@ -71,3 +75,91 @@ class ControllerSide:
 
 def deployment(name: str, ref: ArtifactRef, variant_file: str, **guard: float) -> wire.Deployment:
     return wire.Deployment(name, ref.manifest_sha256, ref.manifest_size, variant_file, wire.Guard(**guard))
+
+
+class AgentProcess:
+    """The real agent daemon in its own process (``python -m edge_agent``), for kill -9 tests."""
+
+    def __init__(self, tmp_path: Path, device_id: str, broker_url: str, public_key: Path, *,
+                 chunk_kb: int = 256, window: int = 16, http_port: int | None = None, extra: str = "") -> None:
+        from tests.mosquitto import free_port
+
+        self.device_id = device_id
+        self.dir = tmp_path / f"agent-{device_id}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.dir / "data"
+        self.http_port = http_port or free_port()
+        self.config = self.dir / "agent.toml"
+        self.config.write_text(
+            f'device_id = "{device_id}"\ndata_dir = "{self.data_dir}"\ntrusted_keys = ["{public_key}"]\n'
+            f"telemetry_interval_s = 0.5\ntick_s = 0.1\n{extra}\n"
+            f'[broker]\nurl = "{broker_url}"\nkeepalive_s = 5\n'
+            f'[http]\nport = {self.http_port}\n'
+            f"[fetch]\nchunk_kb = {chunk_kb}\nwindow = {window}\ntimeout_s = 2\n"
+        )
+        self.log = self.dir / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> AgentProcess:
+        import os
+        import sys
+
+        self.starts += 1
+        with self.log.open("ab") as log:
+            log.write(f"--- start {self.starts} ---\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "--config", str(self.config), "--log-level", "DEBUG"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+    def http(self, method: str, path: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def wait_http(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if self.http("GET", "/healthz", timeout=1.0)[0] in (200, 503):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent HTTP not up in {timeout} s:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def predict(self, inputs: dict[str, Any]) -> tuple[int, Any]:
+        body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
+        return self.http("POST", "/v1/models/digits:predict", body)
+
+
+class SlowChunkServer(ChunkServer):
+    """A chunk server that waits before each reply: a slow link, so tests can act mid-transfer."""
+
+    delay_s = 0.05
+
+    def _reply(self, msg: Message, payload: bytes, props: tuple[tuple[str, str], ...]) -> None:
+        time.sleep(self.delay_s)
+        super()._reply(msg, payload, props)

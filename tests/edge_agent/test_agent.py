@@ -3,6 +3,7 @@ onnxruntime/LiteRT, real probe processes and a real data dir."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -284,3 +285,41 @@ def test_nothing_is_written_outside_the_data_dir(rig: Rig, tmp_path: Path) -> No
     after = {p for p in tmp_path.rglob("*") if "agent" not in p.parts}
     assert {p for p in after - before if "store" not in p.parts} == set()
     shutil.rmtree(rig.cfg.data_dir)
+
+
+def test_a_model_that_crashes_its_runtime_is_refused_and_the_agent_lives_on(rig: Rig, monkeypatch) -> None:
+    a = rig.artifacts
+    ref = rig.ctl.publish(a.folder(X86))
+    agent = rig.start_agent()
+    rig.ctl.desire(deployment("digits", ref, a.variant(X86, "int8")["file"]))
+    rig.ctl.wait_for("digits", "serving")
+    monkeypatch.setenv("EDGECTL_PROBE_CRASH", "1")  # the probe child aborts after loading
+    rig.ctl.desire(deployment("digits", ref, a.variant(X86, "fp32")["file"]))
+    rep = rig.ctl.wait_for("digits", "failed")
+    assert "crashed" in rep["reason"] and "SIGABRT" in rep["reason"]
+    assert agent.server.version("digits") == ref.manifest_sha256[:12]
+    assert agent.server.predict("digits", _input(a))["output"].shape == (1, 10)
+
+
+def test_telemetry_is_buffered_while_offline_and_flushed_on_reconnect(rig: Rig) -> None:
+    rig.start_agent()
+    deadline = time.monotonic() + 10
+    while not rig.ctl.telemetry:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rig.broker.disconnect("agent-dev-1", will=False)
+    time.sleep(1.5)  # ~7 intervals of 0.2 s offline
+    cut_at = time.time()
+    seen_before = len(rig.ctl.telemetry)
+    rig.broker.reconnect("agent-dev-1")
+    deadline = time.monotonic() + 10
+    while not any(t["ts"] > cut_at for t in rig.ctl.telemetry):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert rig.broker.drain(5)
+    stamps = [t["ts"] for t in rig.ctl.telemetry]
+    # Nothing lost: the buffered messages arrive, oldest first, and there is no gap.
+    assert len(stamps) - seen_before >= 5
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert max(gaps) < 1.0 and stamps == sorted(stamps)
+    assert rig.ctl.telemetry[-1]["dropped"] == 0

@@ -106,15 +106,22 @@ def test_resumes_from_the_verified_prefix_on_disk(rig, tmp_path: Path) -> None:
     assert (tmp_path / "out.bin").read_bytes() == data
 
 
-def test_a_damaged_partial_file_is_discarded_not_installed(rig, tmp_path: Path) -> None:
+def test_a_damaged_partial_file_is_fetched_again_from_the_start(rig, tmp_path: Path) -> None:
     _broker, store, _server, fetcher, _ = rig
     sha, data = _blob(tmp_path, store, 200_000)
     fetcher.part_path(sha).write_bytes(b"\0" * 1000)  # not the file's prefix
+    stats = fetcher.fetch(sha, tmp_path / "out.bin")
+    assert stats.resumed_from == 0 and stats.bytes == len(data)
+    assert (tmp_path / "out.bin").read_bytes() == data and not fetcher.part_path(sha).exists()
+
+
+def test_a_server_with_the_wrong_bytes_is_refused(rig, tmp_path: Path) -> None:
+    _broker, store, _server, fetcher, _ = rig
+    sha, _ = _blob(tmp_path, store, 100_000)
+    store.path(sha).write_bytes(os.urandom(100_000))  # the store's blob no longer matches its name
     with pytest.raises(FetchError, match="expected"):
         fetcher.fetch(sha, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists() and not fetcher.part_path(sha).exists()
-    fetcher.fetch(sha, tmp_path / "out.bin")  # the next attempt starts clean
-    assert (tmp_path / "out.bin").read_bytes() == data
 
 
 def test_survives_a_network_cut_mid_transfer(rig, tmp_path: Path) -> None:
