@@ -229,7 +229,7 @@ class Agent:
             if snap is None or ds.current is None:
                 continue
             models[name] = {**snap.to_dict(), "memory_bytes": ds.memory_bytes,
-                            "manifest_sha256": ds.current.manifest_sha256}
+                            "manifest_sha256": ds.current.manifest_sha256, "variant": ds.current.variant}
         payload = telemetry_message(self.device_id, self.sampler.sample(), models,
                                     dropped=self.telemetry.dropped, ts=time.time())
         if self.transport.connected and not len(self.telemetry):

@@ -93,6 +93,7 @@ class Reconciler:
         self._cancel = threading.Event()
         self._probations: dict[str, Probation] = {}
         self._retry_at: dict[str, tuple[float, float]] = {}  # key → (when, backoff)
+        self._acked: dict[str, int] = {}  # deployment → generation whose "serving" was reported
         self.applied_generation = self.state.generation
 
     # --- inputs ------------------------------------------------------------------------------
@@ -165,17 +166,22 @@ class Reconciler:
         for dep in desired.deployments:
             if self._cancel.is_set():
                 return
-            complete &= self._ensure(dep)
+            complete &= self._ensure(dep, desired.generation)
         if complete and desired.generation != self.state.generation:
             self.state.generation = desired.generation
             self.d.store.save_state(self.state)
         self.applied_generation = desired.generation
 
-    def _ensure(self, dep: wire.Deployment) -> bool:
+    def _ensure(self, dep: wire.Deployment, generation: int) -> bool:
         """One deployment towards desired; True when nothing is left to do for it."""
         ds = self.state.deployments.setdefault(dep.name, DeploymentState())
         want = Installed(dep.manifest_sha256, dep.variant)
         if ds.current == want:
+            if self._acked.get(dep.name) != generation:
+                # A new desired state that names what already serves (a rollback to it, a
+                # controller that re-placed it here): say so, or the fleet waits for news.
+                self._acked[dep.name] = generation
+                self.d.report(dep.name, "serving", dep.manifest_sha256, None)
             return True
         if want.key in ds.failed:
             return True
@@ -184,6 +190,7 @@ class Reconciler:
             return False
         try:
             self._install_and_switch(dep, ds, want)
+            self._acked[dep.name] = generation
         except FetchCancelled:
             return False
         except FetchError as exc:

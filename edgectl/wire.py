@@ -256,3 +256,161 @@ def report_message(
             "manifest_sha256": manifest_sha256, "generation": generation, "reason": reason, "ts": ts,
         },
     )
+
+
+# --- what agents send: state, telemetry, reports --------------------------------------------
+
+def _num(value: Any, what: str, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value in (
+            float("inf"), float("-inf")) or value < 0:
+        raise WireError(f"{what} must be a finite number ≥ 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    device: str
+    online: bool
+    capabilities: dict[str, Any] | None  # None in the last will
+    ts: float | None
+
+
+def parse_state(payload: bytes, device_id: str) -> DeviceState:
+    """A retained ``state`` message; ``device_id`` is the one in the topic and must match."""
+    msg = decode(payload, "state")
+    if msg.get("device") != device_id:
+        raise WireError(f"state message names device {msg.get('device')!r} on the topic of {device_id!r}")
+    online = msg.get("online")
+    if not isinstance(online, bool):
+        raise WireError("state message: 'online' must be true or false")
+    caps = msg.get("capabilities")
+    if caps is not None:
+        if not isinstance(caps, dict) or not isinstance(caps.get("arch"), str):
+            raise WireError("state message: capabilities must be an object with an 'arch'")
+        if not isinstance(caps.get("isa", []), list) or not all(isinstance(x, str) for x in caps.get("isa", [])):
+            raise WireError("state message: capabilities.isa must be a list of strings")
+        if not isinstance(caps.get("runtimes", {}), dict):
+            raise WireError("state message: capabilities.runtimes must map runtime names to versions")
+        labels = caps.get("labels", {})
+        if not isinstance(labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise WireError("state message: capabilities.labels must map strings to strings")
+        for key in ("memory_total_bytes", "disk_free_bytes", "cpu_count"):
+            if key in caps:
+                _num(caps[key], f"state message: capabilities.{key}", optional=True)
+    ts = _num(msg.get("ts"), "state message: ts", optional=True)
+    return DeviceState(device_id, online, caps, ts)
+
+
+@dataclass(frozen=True)
+class ModelTelemetry:
+    requests: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    memory_bytes: int | None
+    manifest_sha256: str | None
+    variant: str | None
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    device: str
+    ts: float
+    cpu_percent: float | None
+    memory_total: int | None
+    memory_available: int | None
+    disk_free: int | None
+    temperature_c: float | None
+    models: dict[str, ModelTelemetry]
+    dropped: int
+
+
+def parse_telemetry(payload: bytes, device_id: str) -> Telemetry:
+    msg = decode(payload, "telemetry")
+    if msg.get("device") != device_id:
+        raise WireError(f"telemetry names device {msg.get('device')!r} on the topic of {device_id!r}")
+    res = msg.get("resources") or {}
+    models = msg.get("models") or {}
+    if not isinstance(res, dict) or not isinstance(models, dict):
+        raise WireError("telemetry message: resources and models must be objects")
+    temp = res.get("temperature_c")
+    if temp is not None and (isinstance(temp, bool) or not isinstance(temp, int | float) or not -100 < temp < 200):
+        raise WireError(f"telemetry message: temperature_c {temp!r} is not a temperature")
+
+    def opt_int(v: Any, what: str) -> int | None:
+        n = _num(v, what, optional=True)
+        return None if n is None else int(n)
+
+    parsed: dict[str, ModelTelemetry] = {}
+    for name, m in models.items():
+        if not valid_name(name) or not isinstance(m, dict):
+            raise WireError(f"telemetry message: model entry {name!r} is malformed")
+        sha = m.get("manifest_sha256")
+        variant = m.get("variant")
+        parsed[name] = ModelTelemetry(
+            requests=int(_num(m.get("requests", 0), f"telemetry {name}.requests") or 0),
+            errors=int(_num(m.get("errors", 0), f"telemetry {name}.errors") or 0),
+            p50_ms=_num(m.get("p50_ms"), f"telemetry {name}.p50_ms", optional=True),
+            p95_ms=_num(m.get("p95_ms"), f"telemetry {name}.p95_ms", optional=True),
+            p99_ms=_num(m.get("p99_ms"), f"telemetry {name}.p99_ms", optional=True),
+            memory_bytes=opt_int(m.get("memory_bytes"), f"telemetry {name}.memory_bytes"),
+            manifest_sha256=str(sha) if valid_sha256(sha) else None,
+            variant=str(variant) if valid_name(variant) else None,
+        )
+    return Telemetry(
+        device=device_id,
+        ts=float(_num(msg.get("ts"), "telemetry ts") or 0.0),
+        cpu_percent=_num(res.get("cpu_percent"), "telemetry cpu_percent", optional=True),
+        memory_total=opt_int(res.get("memory_total_bytes"), "telemetry memory_total_bytes"),
+        memory_available=opt_int(res.get("memory_available_bytes"), "telemetry memory_available_bytes"),
+        disk_free=opt_int(res.get("disk_free_bytes"), "telemetry disk_free_bytes"),
+        temperature_c=None if temp is None else float(temp),
+        models=parsed,
+        dropped=int(_num(msg.get("dropped", 0), "telemetry dropped") or 0),
+    )
+
+
+@dataclass(frozen=True)
+class Report:
+    device: str
+    deployment: str
+    state: str
+    manifest_sha256: str | None
+    generation: int
+    reason: str | None
+    ts: float
+
+
+def parse_report(payload: bytes, device_id: str) -> Report:
+    msg = decode(payload, "report")
+    if msg.get("device") != device_id:
+        raise WireError(f"report names device {msg.get('device')!r} on the topic of {device_id!r}")
+    dep = msg.get("deployment")
+    if not valid_name(dep):
+        raise WireError(f"report: deployment {dep!r} is not a valid name")
+    state = msg.get("state")
+    if state not in REPORT_STATES:
+        raise WireError(f"report: state {state!r} is not one of {', '.join(REPORT_STATES)}")
+    sha = msg.get("manifest_sha256")
+    if sha is not None and not valid_sha256(sha):
+        raise WireError("report: manifest_sha256 is not a sha256")
+    gen = msg.get("generation", -1)
+    if isinstance(gen, bool) or not isinstance(gen, int):
+        raise WireError("report: generation must be an integer")
+    reason = msg.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise WireError("report: reason must be a string")
+    return Report(device_id, str(dep), str(state), sha, gen, None if reason is None else reason[:2000],
+                  float(_num(msg.get("ts", 0), "report ts") or 0.0))
+
+
+def device_from_topic(topic: str) -> tuple[str, str] | None:
+    """``edgectl/v1/devices/{id}/{leaf}`` → (id, leaf); None for anything else."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[2] != "devices" or not valid_name(parts[3]):
+        return None
+    return parts[3], parts[4]

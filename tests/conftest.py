@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tests.artifacts import CompiledArtifacts
     from tests.mosquitto import Mosquitto
     from tests.zoo import ZooModel
 
@@ -41,6 +42,30 @@ def mnist_cnn(zoo_cache: Path) -> ZooModel:
     from tests import zoo
 
     return zoo.mnist_cnn(zoo_cache)
+
+
+# --- a real signed compile output (agent and fleet tests) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def digits_artifacts(digits_cnn: ZooModel, tmp_path_factory: pytest.TempPathFactory) -> CompiledArtifacts:
+    from compiler.pipeline import CompileOptions, compile_model
+    from edgectl.signing import write_keypair
+    from edgectl.targets import load_target
+    from tests.artifacts import TARGETS, CompiledArtifacts
+
+    root = tmp_path_factory.mktemp("digits-artifacts")
+    private = root / "signing.key"
+    public = write_keypair(private)
+    out = root / "out"
+    options = CompileOptions(
+        targets=tuple(load_target(t) for t in TARGETS), out_dir=out, calibration=digits_cnn.calibration,
+        eval_data=digits_cnn.eval, labels=digits_cnn.labels, sign_key=private,
+    )
+    result = compile_model(digits_cnn.onnx_path, options)
+    assert result.exit_code == 0 and set(result.written) == set(TARGETS), result.to_dict()
+    return CompiledArtifacts("digits_cnn", out, {t: out / t for t in TARGETS}, public, private,
+                             digits_cnn.onnx_path, digits_cnn.eval)
 
 
 # --- Mosquitto (tests marked mqtt) ----------------------------------------------------------

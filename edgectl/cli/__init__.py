@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from edgectl.cli import agent, examples, keys, targets, verify
+from edgectl.cli import agent, examples, fleet, keys, targets, verify
 from edgectl.cli import compile as compile_cmd
 from edgectl.cli._common import DEBUG, one_line_errors
 
@@ -33,6 +33,7 @@ app.command("example")(one_line_errors(examples.example_command))
 app.add_typer(targets.app, name="targets")
 app.add_typer(keys.app, name="keys")
 app.add_typer(agent.app, name="agent")
+app.add_typer(fleet.app, name="fleet")
 
 
 def main() -> None:

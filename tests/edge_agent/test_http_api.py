@@ -16,7 +16,7 @@ import pytest
 from edge_agent.http_api import HttpApi
 from edge_agent.runtime import InferenceError
 from edge_agent.serving import JSON, NPY, NPZ, ModelServer, decode_npz, encode_npy, encode_npz
-from tests.edge_agent.conftest import CompiledArtifacts
+from tests.artifacts import CompiledArtifacts
 
 ARM = "arm64-cortex-a72"
 X = np.zeros((1, 1, 8, 8), np.float32)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.probe import CRASH_HOOK, ProbeResult, probe
-from tests.edge_agent.conftest import CompiledArtifacts
+from tests.artifacts import CompiledArtifacts
 
 ROOT = Path(__file__).resolve().parents[2]
 

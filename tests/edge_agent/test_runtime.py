@@ -14,7 +14,8 @@ import pytest
 
 from edge_agent import runtime as rt
 from edge_agent.runtime import InferenceError, RuntimeLoadError, TensorSpec, open_runner, selftest
-from tests.edge_agent.conftest import EMITTED, CompiledArtifacts
+from tests.artifacts import CompiledArtifacts
+from tests.edge_agent.conftest import EMITTED
 
 ROOT = Path(__file__).resolve().parents[2]
 

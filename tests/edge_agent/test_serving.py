@@ -25,7 +25,7 @@ from edge_agent.serving import (
     encode_npz,
     handle_mqtt_infer,
 )
-from tests.edge_agent.conftest import CompiledArtifacts
+from tests.artifacts import CompiledArtifacts
 
 ARM = "arm64-cortex-a72"
 

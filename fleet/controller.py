@@ -1,0 +1,376 @@
+"""The fleet controller: ingest what devices say, reconcile placements, publish desired state.
+
+    devices/+/state ─────► upsert device, online/offline (the last will is instant) ─┐
+    devices/+/telemetry ─► batched ingest every 0.5 s (resources, measured p95/memory) ├─► wake
+    devices/+/report ────► placement state (downloading … serving | failed)          ─┘
+                                                                                      │
+    reconcile pass (on wake, or every reconcile_interval_s):                          ▼
+      missed heartbeats → offline · snapshot (one read) · per deployment: unbind replicas on
+      offline/draining devices → rollout step (canary, batches within max_unavailable, roll back
+      above the failure rate) → scale (schedule what is missing, drop the surplus) · commit the
+      plan in one transaction · for each device whose placements changed: generation (same
+      content → same generation) and the retained desired state
+    artifacts/get (shared subscription) ─► ChunkServer from the artifact store
+
+All state lives in the store; what this process keeps (the ClusterView's caches, the digests of
+what it last published, overload timers) is rebuilt from the store after a restart, and
+re-publishing is idempotent, so kill -9 at any moment loses and duplicates nothing::
+
+    ctl = Controller(load_fleet_config(Path("fleet.toml")))
+    ctl.start()
+    ...
+    ctl.stop()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edgectl import wire
+from edgectl.transport.base import Message, Transport, TransportError
+from fleet.artifacts import ArtifactStore, ChunkServer
+from fleet.config import FleetConfig
+from fleet.model import DeploymentSpec, Device, Placement
+from fleet.ops import FAILED, HEALTHY
+from fleet.scheduler import ClusterView, Planner, schedule, variant_for
+from fleet.store import NotFound, Store, open_store
+from fleet.store.base import Rollout, Snapshot, StoreError, TelemetryItem
+
+log = logging.getLogger(__name__)
+TELEMETRY_FLUSH_S = 0.5
+
+
+def device_from_capabilities(device_id: str, caps: dict[str, Any], ts: float) -> Device:
+    runtimes = caps.get("runtimes") or {}
+    labels = caps.get("labels") or {}
+    return Device(
+        id=device_id, arch=str(caps["arch"]), isa=frozenset(str(x) for x in caps.get("isa", [])),
+        runtimes=frozenset(str(k) for k, v in runtimes.items() if v),
+        labels={str(k): str(v) for k, v in labels.items()},
+        online=True, last_seen=ts, memory_total=int(caps.get("memory_total_bytes") or 0),
+        memory_budget=int(caps["memory_budget_bytes"]) if caps.get("memory_budget_bytes") else None,
+        disk_free=int(caps.get("disk_free_bytes") or 0), cpu_count=int(caps.get("cpu_count") or 1),
+        cpu_model=str(caps["cpu_model"]) if caps.get("cpu_model") else None,
+    )
+
+
+class Counters:
+    """What /metrics exports; plain ints (a torn read of one is harmless)."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.dropped = 0
+        self.passes = 0
+        self.decisions = 0
+        self.unplaced = 0
+        self.desired_published = 0
+        self.last_pass_s = 0.0
+
+
+class Controller:
+    def __init__(self, cfg: FleetConfig, *, transport: Transport | None = None, store: Store | None = None,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.store = store if store is not None else open_store(cfg.store_url)
+        self.artifacts = ArtifactStore(cfg.artifact_dir)
+        self.transport = transport if transport is not None else _mqtt(cfg)
+        self.chunks = ChunkServer(self.transport, self.artifacts)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.counters = Counters()
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._telemetry: list[TelemetryItem] = []
+        self._tlock = threading.Lock()
+        self._digests: dict[str, str] = {}  # device → digest of the desired state last published
+        self._unplaced_note: dict[str, str] = {}  # deployment → last "unplaced" reason logged as an event
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.transport.subscribe(f"{wire.PREFIX}/devices/+/state", self._on_state)
+        self.transport.subscribe(f"{wire.PREFIX}/devices/+/telemetry", self._on_telemetry)
+        self.transport.subscribe(f"{wire.PREFIX}/devices/+/report", self._on_report)
+        self.chunks.start()
+        self.transport.add_connection_listener(self._on_connection)
+        self.transport.start()
+        for name, target in (("reconcile", self._reconcile_loop), ("ingest", self._ingest_loop)):
+            t = threading.Thread(target=target, name=f"fleet-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        self.transport.stop()
+        self.store.close()
+
+    def _on_connection(self, up: bool) -> None:
+        if up:
+            self._digests.clear()  # re-publish everything once: the broker may have lost retained state
+            self.wake.set()
+
+    # --- ingest (transport thread: parse, write small things, wake the loop) -----------------
+    def _drop(self, msg: Message, exc: Exception) -> None:
+        self.counters.dropped += 1
+        log.warning("dropped message on %s: %s", msg.topic, exc)
+
+    def _on_state(self, msg: Message) -> None:
+        self.counters.messages += 1
+        parsed = wire.device_from_topic(msg.topic)
+        if parsed is None or not msg.payload:
+            return
+        try:
+            st = wire.parse_state(msg.payload, parsed[0])
+            now = self.clock()
+            if st.online and st.capabilities is not None:
+                new = self.store.upsert_device(device_from_capabilities(st.device, st.capabilities, now),
+                                               st.capabilities)
+                changed = self.store.set_online(st.device, True, now)
+                if new or changed:
+                    self.store.append_event("online", st.device, "connected" + (" (new device)" if new else ""), now)
+                self._digests.pop(st.device, None)  # it may have missed its desired state
+            elif not st.online and self.store.set_online(st.device, False, now):
+                self.store.append_event("offline", st.device, "disconnected (last will or clean stop)", now)
+        except (wire.WireError, StoreError) as exc:
+            self._drop(msg, exc)
+            return
+        self.wake.set()
+
+    def _on_telemetry(self, msg: Message) -> None:
+        self.counters.messages += 1
+        parsed = wire.device_from_topic(msg.topic)
+        if parsed is None:
+            return
+        try:
+            t = wire.parse_telemetry(msg.payload, parsed[0])
+        except wire.WireError as exc:
+            self._drop(msg, exc)
+            return
+        resources = {"cpu_percent": t.cpu_percent, "memory_total_bytes": t.memory_total,
+                     "memory_available_bytes": t.memory_available, "disk_free_bytes": t.disk_free,
+                     "temperature_c": t.temperature_c}
+        models = {name: dataclasses.asdict(m) for name, m in t.models.items()}
+        item = TelemetryItem(t.device, {k: v for k, v in resources.items() if v is not None}, models,
+                             ts=self.clock(), sent=t.ts)
+        with self._tlock:
+            self._telemetry.append(item)
+
+    def _on_report(self, msg: Message) -> None:
+        self.counters.messages += 1
+        parsed = wire.device_from_topic(msg.topic)
+        if parsed is None:
+            return
+        try:
+            r = wire.parse_report(msg.payload, parsed[0])
+            if r.state == "removed":
+                return  # the placement is gone already: nothing to record
+            changed = self.store.set_placement_state(r.deployment, r.device, r.state, r.reason, self.clock(),
+                                                     manifest_sha256=r.manifest_sha256)
+        except NotFound:
+            return  # a report about a placement already gone (removed, re-placed)
+        except (wire.WireError, StoreError) as exc:
+            self._drop(msg, exc)
+            return
+        if changed and r.state in FAILED:
+            self.store.append_event(r.state, r.deployment, f"{r.device}: {r.reason or r.state}", self.clock())
+        if changed and r.state in (HEALTHY, *FAILED):
+            self.wake.set()  # a replica came up or went down: rollouts and scaling move on
+
+    def _ingest_loop(self) -> None:
+        while not self._stop.wait(TELEMETRY_FLUSH_S):
+            self.flush_telemetry()
+
+    def flush_telemetry(self) -> None:
+        with self._tlock:
+            batch, self._telemetry = self._telemetry, []
+        if not batch:
+            return
+        try:
+            result = self.store.record_telemetry_batch(batch)
+        except StoreError as exc:
+            log.error("telemetry batch of %d not stored: %s", len(batch), exc)
+            return
+        for dev in result.revived:
+            self.store.append_event("online", dev, "heard from again after missed heartbeats", self.clock())
+        if result.revived:
+            self.wake.set()
+
+    # --- reconcile ---------------------------------------------------------------------------
+    def _reconcile_loop(self) -> None:
+        while not self._stop.is_set():
+            self.wake.wait(self.cfg.reconcile_interval_s)
+            self.wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.reconcile_once()
+            except Exception:  # the loop must outlive a bug in one pass
+                log.exception("reconcile pass failed")
+
+    def reconcile_once(self) -> None:
+        t0 = time.perf_counter()
+        now = self.clock()
+        for dev in self.store.mark_stale(now - self.cfg.heartbeat_timeout_s):
+            self.store.append_event("offline", dev, f"no heartbeat for {self.cfg.heartbeat_timeout_s:g} s", now)
+        snap = self.store.snapshot()
+        view = ClusterView(snap.devices.values(), [v for vs in snap.variants.values() for v in vs],
+                           snap.placements, snap.measured, now=now)
+        planner = Planner()
+        rollouts = {r.deployment: r for r in snap.rollouts}
+        by_dep: dict[str, list[Placement]] = {}
+        for p in snap.placements:
+            by_dep.setdefault(p.deployment, []).append(p)
+        for spec in snap.deployments.values():
+            try:
+                self._reconcile_deployment(spec, by_dep.get(spec.name, []), snap, view, planner,
+                                           rollouts.get(spec.name), now)
+            except StoreError as exc:
+                log.error("reconcile of %s failed: %s", spec.name, exc)
+        if planner.binds or planner.unbinds:
+            self.store.commit(planner.binds, planner.unbinds)
+            snap = self.store.snapshot()
+        self._publish_desired(snap)
+        self.counters.passes += 1
+        self.counters.last_pass_s = time.perf_counter() - t0
+
+    def _reconcile_deployment(self, spec: DeploymentSpec, placed: list[Placement], snap: Snapshot, view: ClusterView,
+                              planner: Planner, rollout: Rollout | None, now: float) -> None:
+        alive = []
+        for p in placed:
+            dev = snap.devices.get(p.device)
+            if dev is None or not dev.online or dev.draining:
+                why = "gone" if dev is None else "draining" if dev.draining else "offline"
+                planner.unbind(p)
+                self.store.append_event("replaced", spec.name, f"{p.device} is {why}: its replica moves", now)
+                continue
+            alive.append(p)
+        if rollout is not None and self._rollout_step(spec, alive, snap, view, planner, rollout, now):
+            return  # rolled back: the spec changed, the next pass scales against it
+        healthy = [p for p in alive if p.state not in FAILED]
+        want = spec.replicas
+        need = (len(snap.devices) if want is None else want - len(healthy))
+        if need > 0:
+            decision = schedule(view, spec, need, planner, self.cfg.scheduler, self.rng)
+            self.counters.decisions += len(decision.choices)
+            for c in decision.choices:
+                what = f"{c.device}: {c.variant.file} (v{c.variant.version}), score {c.score:.2f}"
+                self.store.append_event("placed", spec.name, what, now)
+            if want is not None and decision.unplaced:
+                self.counters.unplaced += decision.unplaced
+                note = f"{decision.unplaced} replica(s) not placed: {decision.reason_summary}"
+                if self._unplaced_note.get(spec.name) != note:
+                    self._unplaced_note[spec.name] = note
+                    self.store.append_event("unplaced", spec.name, note, now)
+            elif spec.name in self._unplaced_note and not decision.unplaced:
+                del self._unplaced_note[spec.name]
+        elif want is not None and need < 0:
+            # Too many (a failed replica recovered, or replicas were lowered): drop the newest.
+            surplus = sorted(healthy, key=lambda p: (p.state == HEALTHY, -p.since))[: -need]
+            for p in surplus:
+                planner.unbind(p)
+                self.store.append_event("scaled_down", spec.name, f"{p.device}: more replicas than desired", now)
+
+    def _rollout_step(self, spec: DeploymentSpec, alive: list[Placement], snap: Snapshot, view: ClusterView,
+                      planner: Planner, r: Rollout, now: float) -> bool:
+        """Move the next batch to the new version; True when the rollout was rolled back."""
+        new = [p for p in alive if p.variant.version == r.to_version]
+        old = [p for p in alive if p.variant.version != r.to_version]
+        failed = [p for p in new if p.state in FAILED]
+        if failed and len(failed) / max(1, len(new)) > r.failure_threshold and r.from_version is not None:
+            back = tuple(view.variants_of(spec.model, r.from_version))
+            for p in new:
+                v = variant_for(snap.devices[p.device], back, spec) if back else None
+                planner.unbind(p)
+                if v is not None:
+                    planner.bind(dataclasses.replace(p, variant=v, state="pending", reason=None, since=now),
+                                 memory_bytes=0, disk_bytes=v.size_bytes)
+            reason = f"{len(failed)} of {len(new)} updated replicas failed (threshold {r.failure_threshold:.0%})"
+            with self.store.atomic():
+                self.store.update_deployment(dataclasses.replace(spec, version=r.from_version))
+                self.store.update_rollout(r.id, ts=now, state="rolled_back", reason=reason)
+            self.store.append_event("rolled_back", spec.name, f"v{r.to_version} → v{r.from_version}: {reason}", now)
+            return True
+        if not old:
+            if all(p.state == HEALTHY for p in new):
+                self.store.update_rollout(r.id, ts=now, state="done", reason=None)
+                self.store.append_event("rollout_done", spec.name, f"every replica runs v{r.to_version}", now)
+            return False
+        in_flight = [p for p in new if p.state not in (HEALTHY, *FAILED)]
+        total = len(alive)
+        canary = math.ceil(total * r.canary_percent / 100) if r.canary_percent > 0 else 0
+        if canary and len(new) >= canary and any(p.state != HEALTHY for p in new):
+            return False  # the canaries (and every batch after them) must serve before the next moves
+        budget = (canary - len(new)) if canary and len(new) < canary else r.max_unavailable - len(in_flight)
+        variants = tuple(view.variants_of(spec.model, r.to_version))
+        for p in old[: max(0, budget)]:
+            v = variant_for(snap.devices[p.device], variants, spec)
+            if v is None:
+                planner.unbind(p)  # no v{to} build for this device: it is re-placed elsewhere
+                continue
+            planner.unbind(p)
+            planner.bind(dataclasses.replace(p, variant=v, state="pending", reason=None, since=now),
+                         memory_bytes=0, disk_bytes=v.size_bytes)
+        return False
+
+    # --- desired state -----------------------------------------------------------------------
+    def _publish_desired(self, snap: Snapshot) -> None:
+        by_device: dict[str, list[Placement]] = {}
+        for p in snap.placements:
+            by_device.setdefault(p.device, []).append(p)
+        for device in sorted(set(by_device) | set(snap.generations) | set(self._digests)):
+            deployments = tuple(
+                wire.Deployment(p.deployment, p.variant.manifest_sha256, p.variant.manifest_size, p.variant.file)
+                for p in sorted(by_device.get(device, []), key=lambda p: p.deployment)
+            )
+            digest = hashlib.sha256(json.dumps(
+                [(d.name, d.manifest_sha256, d.variant) for d in deployments]).encode()).hexdigest()
+            if self._digests.get(device) == digest:
+                continue
+            generation = self.store.bump_generation(device, digest)  # same content → same generation
+            try:
+                self.transport.publish(wire.desired_topic(device),
+                                       wire.desired_message(wire.Desired(generation, deployments)), retain=True)
+            except TransportError as exc:
+                log.info("desired state for %s not published yet (%s)", device, exc)
+                continue
+            self._digests[device] = digest
+            self.counters.desired_published += 1
+
+
+def _mqtt(cfg: FleetConfig) -> Transport:
+    from edgectl.transport.mqtt import MqttSettings, MqttTransport
+
+    return MqttTransport(MqttSettings(url=cfg.broker_url, client_id=f"edgectl-controller-{cfg.controller_id}"))
+
+
+def serve(cfg: FleetConfig) -> int:
+    """Run the controller (and its HTTP API) until SIGINT/SIGTERM."""
+    import signal
+
+    from fleet.http_api import FleetHttp
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctl = Controller(cfg)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ctl.start()
+    http = FleetHttp(ctl, cfg.http_host, cfg.http_port).start()
+    log.info("controller %s running: broker %s, store %s, HTTP on %s:%d", cfg.controller_id, cfg.broker_url,
+             cfg.store_url, cfg.http_host, http.port)
+    stop.wait()
+    http.stop()
+    ctl.stop()
+    return 0

@@ -1,0 +1,122 @@
+"""The controller against real agents on the in-memory broker: place, fail over, roll out, roll
+back, restart — with real signed artifacts, real runtimes and a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.verify import load_trusted_keys
+from edgectl import wire
+from edgectl.transport.memory import MemoryTransport
+from fleet.artifacts import ArtifactStore
+from fleet.controller import Controller
+from fleet.model import DeploymentSpec
+from fleet.ops import deploy, publish_dir, status
+from fleet.store import open_store
+from tests.fleet.fleet_rig import MemoryFleet, make_version, wait_until
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, digits_artifacts) -> Iterator[tuple[MemoryFleet, Controller]]:
+    f = MemoryFleet(tmp_path, digits_artifacts.public_key)
+    ctl = Controller(f.fleet_config(), transport=MemoryTransport(f.broker, "controller"))
+    ctl.start()
+    yield f, ctl
+    f.stop()
+    ctl.stop()
+
+
+def _publish(ctl: Controller, folder: Path) -> int:
+    return publish_dir(ctl.store, ArtifactStore(ctl.cfg.artifact_dir), folder,
+                       load_trusted_keys(ctl.cfg.trusted_keys)).version
+
+
+def _deployment(ctl: Controller, name: str) -> dict:
+    return next(d for d in status(ctl.store)["deployments"] if d["name"] == name)
+
+
+def test_places_replicas_and_fails_over_when_a_device_dies(fleet, digits_artifacts) -> None:
+    f, ctl = fleet
+    for i in range(3):
+        f.start_agent(f"dev-{i}")
+    wait_until("3 devices online", lambda: sum(d.online for d in ctl.store.list_devices()) == 3)
+    version = _publish(ctl, digits_artifacts.out_dir)
+    deploy(ctl.store, DeploymentSpec("digits", "digits_cnn", version, replicas=2))
+    wait_until("2 replicas serving", lambda: len(f.serving("digits")) == 2, timeout=60)
+    wait_until("status says 2 running", lambda: _deployment(ctl, "digits")["running"] == 2)
+    victim = sorted(f.serving("digits"))[0]
+    f.kill_agent(victim)
+    wait_until("the replica moves", lambda: len(f.serving("digits")) == 2 and victim not in f.serving("digits"),
+               timeout=60)
+    events = [e.kind for e in ctl.store.list_events(limit=1000)]
+    assert "offline" in events and "replaced" in events
+    devices = {d["id"]: d for d in status(ctl.store)["devices"]}
+    assert devices[victim]["online"] is False
+
+
+def test_rollout_then_rollback_of_a_bad_version(fleet, digits_artifacts, tmp_path: Path) -> None:
+    f, ctl = fleet
+    for i in range(3):
+        f.start_agent(f"dev-{i}")
+    wait_until("3 devices online", lambda: sum(d.online for d in ctl.store.list_devices()) == 3)
+    v1 = _publish(ctl, digits_artifacts.out_dir)
+    deploy(ctl.store, DeploymentSpec("digits", "digits_cnn", v1, replicas=3))
+    wait_until("3 replicas of v1", lambda: len(f.serving("digits")) == 3, timeout=60)
+    v1_versions = set(f.serving("digits").values())
+    # A good v2: every replica moves, one batch (max_unavailable=1) at a time, canary first.
+    good = make_version(digits_artifacts.out_dir, tmp_path / "v2", digits_artifacts.private_key, tag="v2")
+    v2 = _publish(ctl, good)
+    assert v2 == v1 + 1
+    print(deploy(ctl.store, DeploymentSpec("digits", "digits_cnn", v2, replicas=3, canary_percent=34)))
+    wait_until("every replica on v2", lambda: len(f.serving("digits")) == 3
+               and not set(f.serving("digits").values()) & v1_versions, timeout=90)
+    wait_until("rollout done", lambda: ctl.store.active_rollout("digits") is None, timeout=30)
+    v2_versions = set(f.serving("digits").values())
+    # A bad v3: its self-test fails on every device; the rollout stops at the canary and rolls back.
+    bad = make_version(digits_artifacts.out_dir, tmp_path / "v3", digits_artifacts.private_key, tag="v3",
+                       break_selftest=True)
+    v3 = _publish(ctl, bad)
+    deploy(ctl.store, DeploymentSpec("digits", "digits_cnn", v3, replicas=3, canary_percent=34))
+    wait_until("rolled back", lambda: any(r.state == "rolled_back" for r in ctl.store.list_rollouts("digits")),
+               timeout=90)
+    wait_until("v2 everywhere again", lambda: set(f.serving("digits").values()) == v2_versions
+               and _deployment(ctl, "digits")["running"] == 3, timeout=90)
+    assert ctl.store.get_deployment("digits").version == v2
+    kinds = [e.kind for e in ctl.store.list_events(limit=1000)]
+    assert "rolled_back" in kinds and "rollout_done" in kinds
+
+
+def test_restart_republishes_the_same_generations(fleet, digits_artifacts) -> None:
+    f, ctl = fleet
+    f.start_agent("dev-0")
+    wait_until("online", lambda: any(d.online for d in ctl.store.list_devices()))
+    deploy(ctl.store, DeploymentSpec("digits", "digits_cnn", _publish(ctl, digits_artifacts.out_dir), replicas=1))
+    wait_until("serving", lambda: f.serving("digits"))
+    before = json.loads(f.broker.retained(wire.desired_topic("dev-0")).payload)
+    ctl.stop()
+    again = Controller(ctl.cfg, transport=MemoryTransport(f.broker, "controller-2"), store=open_store(ctl.cfg.store_url))
+    again.start()
+    try:
+        again.reconcile_once()
+        after = json.loads(f.broker.retained(wire.desired_topic("dev-0")).payload)
+        assert after == before  # same content, same generation: the agent has nothing to do
+        assert len(again.store.list_placements("digits")) == 1
+    finally:
+        again.stop()
+
+
+def test_malformed_device_messages_are_dropped(fleet) -> None:
+    f, ctl = fleet
+    junk = MemoryTransport(f.broker, "junk")
+    junk.start()
+    for leaf, payload in (("state", b"{"), ("telemetry", b'{"v": 1, "kind": "telemetry", "device": "x"}'),
+                          ("report", b"\xff"), ("state", wire.encode("state", {"device": "other", "online": True}))):
+        junk.publish(wire.device_topic("x", leaf), payload)
+    assert f.broker.drain(5)
+    wait_until("drops counted", lambda: ctl.counters.dropped == 4, timeout=5)
+    ctl.reconcile_once()  # still works
+    junk.stop()
