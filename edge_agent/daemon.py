@@ -35,7 +35,7 @@ from edge_agent.reconcile import Prober, ReconcileDeps, Reconciler
 from edge_agent.serving import ModelServer, handle_mqtt_infer
 from edge_agent.store import InstallStore
 from edge_agent.telemetry import ResourceSampler, telemetry_message
-from edge_agent.verify import load_trusted_keys
+from edge_agent.verify import load_trusted_key_bytes
 from edgectl import wire
 from edgectl.transport.base import Message, Transport, TransportError, Will
 
@@ -75,7 +75,7 @@ class Agent:
         self.fetcher = ChunkFetcher(self.transport, cfg.device_id, self.store.partial, cfg.fetch)
         self.reconciler = Reconciler(ReconcileDeps(
             store=self.store, fetcher=self.fetcher, server=self.server, probe=probe or run_probe, caps=self.caps,
-            trusted=load_trusted_keys(cfg.trusted_keys), report=self._report, allow_unsigned=cfg.allow_unsigned,
+            trusted=load_trusted_key_bytes(cfg.trusted_keys), report=self._report, allow_unsigned=cfg.allow_unsigned,
             memory_budget_bytes=cfg.memory_budget_bytes,
         ))
         self.sampler = ResourceSampler(cfg.data_dir)

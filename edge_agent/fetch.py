@@ -32,6 +32,10 @@ from edgectl.transport.base import Message, Transport, TransportError, Transport
 
 log = logging.getLogger(__name__)
 MAX_ARTIFACT_BYTES = 4 << 30
+# After a reconnect, unanswered requests are asked again this often (without using up retries)
+# for timeout_s: the controller may come back after us, and a request that reaches the broker
+# while nobody serves the topic is gone.
+RECOVERY_RETRY_S = 1.0
 
 
 class FetchError(EdgectlError):
@@ -67,10 +71,16 @@ class ChunkFetcher:
         self.disk_reserve = disk_reserve_bytes
         self._jobs: dict[bytes, queue.Queue[Message]] = {}
         self._lock = threading.Lock()
+        self.reconnects = 0  # sessions (re)established since start(): a change means "ask again"
         partial_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
+        self.transport.add_connection_listener(self._on_connection)
         self.transport.subscribe(self.reply_topic, self._on_reply)
+
+    def _on_connection(self, up: bool) -> None:
+        if up:
+            self.reconnects += 1
 
     def _on_reply(self, msg: Message) -> None:
         cid = msg.correlation_data or b""
@@ -113,6 +123,8 @@ class _Transfer:
         self.f, self.sha, self.job, self.replies, self.cancel = f, sha256, job, replies, cancel
         self.on_progress, self.max_bytes = on_progress, max_bytes
         self.size: int | None = None
+        self.sessions = f.reconnects
+        self.recovering_until = 0.0
         self.in_flight: dict[int, tuple[float, int]] = {}  # offset → (sent at, tries)
         self.waiting: dict[int, bytes] = {}  # verified chunks that arrived ahead of the write point
         self.stats = FetchStats()
@@ -183,8 +195,19 @@ class _Transfer:
             log.debug("chunk request at %d not sent now (%s); will retry", offset, exc)
 
     def _next_reply(self) -> Message | None:
+        if self.f.reconnects != self.sessions and self.f.transport.connected:
+            # Back after a disconnect: requests and replies in flight may have died with the link
+            # (a controller drops replies it cannot send), so ask for them again now, not after
+            # timeout_s. A late duplicate answer is dropped by _accept.
+            self.sessions = self.f.reconnects
+            self.recovering_until = time.monotonic() + self.f.cfg.timeout_s
+            for offset, (_, tries) in list(self.in_flight.items()):
+                self.stats.resent += 1
+                self._send(offset, self._length(offset), tries=tries)
         now = time.monotonic()
-        deadline = min((sent for sent, _ in self.in_flight.values()), default=now) + self.f.cfg.timeout_s
+        recovering = now < self.recovering_until
+        patience = min(RECOVERY_RETRY_S, self.f.cfg.timeout_s) if recovering else self.f.cfg.timeout_s
+        deadline = min((sent for sent, _ in self.in_flight.values()), default=now) + patience
         try:
             return self.replies.get(timeout=max(0.01, min(deadline - now, 0.5)))
         except queue.Empty:
@@ -197,7 +220,10 @@ class _Transfer:
                 self.in_flight[offset] = (time.monotonic(), tries)
             return None
         for offset, (sent, tries) in list(self.in_flight.items()):
-            if now - sent >= self.f.cfg.timeout_s:
+            if recovering and now - sent >= patience:
+                self.stats.resent += 1
+                self._send(offset, self._length(offset), tries=tries)
+            elif now - sent >= self.f.cfg.timeout_s:
                 if tries > self.f.cfg.retries:
                     raise FetchError(
                         f"no answer for chunk {offset} of {self.sha[:12]}… after {tries} tries: "

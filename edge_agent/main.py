@@ -40,9 +40,9 @@ def run(config_path: Path, *, log_level: str = "INFO") -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_agent", description="Run the edgectl device agent.")
-    parser.add_argument("--config", type=Path, required=True, help="agent.toml")
+def main(argv: list[str] | None = None, prog: str = "python -m edge_agent") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Run the edgectl device agent.")
+    parser.add_argument("--config", "-c", type=Path, required=True, help="agent.toml")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     try:

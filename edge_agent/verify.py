@@ -13,14 +13,15 @@ the file it serves plus ``selftest.npz``, so unlike ``edgectl verify`` this chec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from edgectl import signing, wire
 from edgectl.errors import VerificationError
 from edgectl.hashing import sha256_bytes, sha256_file
 from edgectl.manifest import check_signature, parse_manifest
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 SELFTEST_FILE = "selftest.npz"
 # Which installed runtime package can run a variant whose manifest says ``runtime``.
@@ -35,7 +36,17 @@ def load_trusted_keys(paths: tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def check_manifest(raw: bytes, expected_sha: str, trusted: dict[str, Ed25519PublicKey], *,
+def load_trusted_key_bytes(paths: tuple[Path, ...]) -> dict[str, bytes]:
+    """Key id → raw Ed25519 public key, what the agent holds: cryptography (~7 MB of RSS) is
+    imported only when a signature is checked, so an idle agent never pays for it."""
+    keys = {}
+    for path in paths:
+        raw = signing.public_key_raw(path)
+        keys[signing.key_id_raw(raw)] = raw
+    return keys
+
+
+def check_manifest(raw: bytes, expected_sha: str, trusted: dict[str, bytes], *,
                    allow_unsigned: bool) -> dict[str, Any]:
     actual = sha256_bytes(raw)
     if actual != expected_sha:
@@ -47,7 +58,10 @@ def check_manifest(raw: bytes, expected_sha: str, trusted: dict[str, Ed25519Publ
     sig = manifest.get("signature")
     key_id = sig.get("key_id") if isinstance(sig, dict) else None
     if key_id in trusted:
-        check_signature(manifest, trusted[str(key_id)], f"manifest {expected_sha[:12]}…")
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        check_signature(manifest, Ed25519PublicKey.from_public_bytes(trusted[str(key_id)]),
+                        f"manifest {expected_sha[:12]}…")
     elif not allow_unsigned:
         who = f"key {key_id}" if key_id else "no key"
         raise VerificationError(

@@ -1,3 +1,3 @@
-from edgectl.cli import main
+from edgectl.entry import main
 
 main()

@@ -47,6 +47,7 @@ from fleet.store.base import Rollout, Snapshot, StoreError, TelemetryItem
 
 log = logging.getLogger(__name__)
 TELEMETRY_FLUSH_S = 0.5
+OVERLOAD_HYSTERESIS = 10.0  # percentage points below the threshold before a device counts as calm again
 
 
 def device_from_capabilities(device_id: str, caps: dict[str, Any], ts: float) -> Device:
@@ -94,6 +95,9 @@ class Controller:
         self._digests: dict[str, str] = {}  # device → digest of the desired state last published
         self._unplaced_note: dict[str, str] = {}  # deployment → last "unplaced" reason logged as an event
         self._threads: list[threading.Thread] = []
+        # Overload timers: soft state from telemetry; after a restart the windows start again.
+        self._over_since: dict[str, float] = {}
+        self._cooldown: dict[str, float] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -232,10 +236,11 @@ class Controller:
         by_dep: dict[str, list[Placement]] = {}
         for p in snap.placements:
             by_dep.setdefault(p.deployment, []).append(p)
+        relieve = self._overloaded(snap, now)
         for spec in snap.deployments.values():
             try:
                 self._reconcile_deployment(spec, by_dep.get(spec.name, []), snap, view, planner,
-                                           rollouts.get(spec.name), now)
+                                           rollouts.get(spec.name), now, relieve)
             except StoreError as exc:
                 log.error("reconcile of %s failed: %s", spec.name, exc)
         if planner.binds or planner.unbinds:
@@ -245,15 +250,38 @@ class Controller:
         self.counters.passes += 1
         self.counters.last_pass_s = time.perf_counter() - t0
 
+    def _overloaded(self, snap: Snapshot, now: float) -> set[str]:
+        """Devices whose CPU stayed over the threshold for the whole window (and are not cooling down)."""
+        o = self.cfg.overload
+        relieve = set()
+        for d in snap.devices.values():
+            if not d.online or d.cpu_percent < o.cpu_percent - OVERLOAD_HYSTERESIS:
+                self._over_since.pop(d.id, None)
+            elif d.cpu_percent > o.cpu_percent:
+                since = self._over_since.setdefault(d.id, now)
+                if now - since >= o.window_s and now >= self._cooldown.get(d.id, 0.0):
+                    relieve.add(d.id)
+        return relieve
+
     def _reconcile_deployment(self, spec: DeploymentSpec, placed: list[Placement], snap: Snapshot, view: ClusterView,
-                              planner: Planner, rollout: Rollout | None, now: float) -> None:
+                              planner: Planner, rollout: Rollout | None, now: float, relieve: set[str]) -> None:
         alive = []
+        spare = sum(d.online and not d.draining for d in snap.devices.values()) > len(placed)
         for p in placed:
             dev = snap.devices.get(p.device)
             if dev is None or not dev.online or dev.draining:
                 why = "gone" if dev is None else "draining" if dev.draining else "offline"
                 planner.unbind(p)
                 self.store.append_event("replaced", spec.name, f"{p.device} is {why}: its replica moves", now)
+                continue
+            if p.device in relieve and spec.replicas is not None and spare:
+                # One replica per overloaded device per window: move it, then let the device cool.
+                relieve.discard(p.device)
+                self._cooldown[p.device] = now + self.cfg.overload.cooldown_s
+                self._over_since.pop(p.device, None)
+                planner.unbind(p)
+                self.store.append_event("moved", spec.name, f"{p.device}: CPU {dev.cpu_percent:.0f} % for "
+                                        f"{self.cfg.overload.window_s:g} s; its replica moves", now)
                 continue
             alive.append(p)
         if rollout is not None and self._rollout_step(spec, alive, snap, view, planner, rollout, now):

@@ -17,6 +17,7 @@ The pytest fixtures ``mosquitto`` (per test) and ``mosquitto_session`` (per run)
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import signal
 import socket
@@ -72,6 +73,9 @@ class Mosquitto:
         conf.write_text(
             f"""\
 listener {self.port} 127.0.0.1
+# Started as root, Mosquitto drops to user "mosquitto", which cannot write the log or the
+# persistence file here, and a restart then loses every session. No effect for other users.
+user {getpass.getuser()}
 allow_anonymous {"true" if self.anonymous else "false"}
 persistence true
 persistence_location {self.dir}/

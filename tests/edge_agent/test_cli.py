@@ -26,3 +26,15 @@ def test_module_entry_bad_config_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "device_id" in proc.stderr
     assert not (tmp_path / "d").exists()  # nothing created for a config that was refused
+
+
+def test_console_script_runs_the_agent_without_typer(tmp_path: Path) -> None:
+    # `edgectl agent run` must not pay for typer/rich on a device: the entry dispatches first.
+    code = ("import sys; sys.argv = ['edgectl', 'agent', 'run', '-c', sys.argv[1]]\n"
+            "from edgectl.entry import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n"
+            "    print(e.code, 'typer' in sys.modules, 'rich' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.toml")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr
+    assert "does not exist" in proc.stderr

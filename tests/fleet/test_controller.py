@@ -4,6 +4,7 @@ back, restart — with real signed artifacts, real runtimes and a real SQLite st
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +121,91 @@ def test_malformed_device_messages_are_dropped(fleet) -> None:
     wait_until("drops counted", lambda: ctl.counters.dropped == 4, timeout=5)
     ctl.reconcile_once()  # still works
     junk.stop()
+
+
+def test_missed_heartbeats_move_replicas_when_no_will_arrives(tmp_path: Path, digits_artifacts) -> None:
+    f = MemoryFleet(tmp_path, digits_artifacts.public_key)
+    ctl = Controller(f.fleet_config(heartbeat_timeout_s=1.0), transport=MemoryTransport(f.broker, "controller"))
+    ctl.start()
+    try:
+        for i in range(2):
+            f.start_agent(f"dev-{i}")
+        wait_until("2 devices online", lambda: sum(d.online for d in ctl.store.list_devices()) == 2)
+        deploy(ctl.store, DeploymentSpec("digits", "digits_cnn", _publish(ctl, digits_artifacts.out_dir), replicas=1))
+        wait_until("serving", lambda: f.serving("digits"), timeout=60)
+        (host,) = f.serving("digits")
+        # A silent partition: the link is cut and the broker sends no will (its keepalive is long).
+        f.broker.disconnect(f"edgectl-agent-{host}", will=False)
+        other = next(d for d in f.agents if d != host)
+        wait_until("re-placed on the other device", lambda: any(
+            p.device == other and p.state == "serving" for p in ctl.store.list_placements("digits")), timeout=60)
+        assert any(e.kind == "offline" and "heartbeat" in e.message for e in ctl.store.list_events(limit=500))
+    finally:
+        f.stop()
+        ctl.stop()
+
+
+def test_metrics_and_status_over_http(fleet, digits_artifacts) -> None:
+    import urllib.request
+
+    from fleet.http_api import FleetHttp
+
+    f, ctl = fleet
+    f.start_agent("dev-0")
+    wait_until("online", lambda: any(d.online for d in ctl.store.list_devices()))
+    deploy(ctl.store, DeploymentSpec("digits", "digits_cnn", _publish(ctl, digits_artifacts.out_dir), replicas=1))
+    wait_until("serving", lambda: _deployment(ctl, "digits")["running"] == 1, timeout=60)
+    http = FleetHttp(ctl, "127.0.0.1", 0).start()
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{http.port}/metrics", timeout=5).read().decode()
+        assert 'edgectl_devices{state="online"} 1' in text
+        assert 'edgectl_deployment_replicas{deployment="digits",state="running"} 1' in text
+        assert "edgectl_scheduling_decisions_total 1" in text
+        st = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http.port}/v1/status", timeout=5).read())
+        assert st["deployments"][0]["running"] == 1
+    finally:
+        http.stop()
+
+
+def test_sustained_overload_moves_a_replica_with_hysteresis(tmp_path: Path, digits_artifacts) -> None:
+    from fleet.config import OverloadConfig
+
+    f = MemoryFleet(tmp_path, digits_artifacts.public_key)
+    ctl = Controller(f.fleet_config(overload=OverloadConfig(cpu_percent=80, window_s=0.5, cooldown_s=60)),
+                     transport=MemoryTransport(f.broker, "controller"))
+    ctl.start()
+    fake = MemoryTransport(f.broker, "fakes")
+    fake.start()
+    caps = {"arch": "x86_64", "isa": ["sse4.2", "avx", "avx2", "fma", "f16c"], "runtimes": {"onnxruntime": "1"},
+            "memory_total_bytes": 8 << 30, "disk_free_bytes": 8 << 30}
+
+    def telemetry(dev: str, cpu: float) -> None:
+        fake.publish(wire.telemetry_topic(dev), wire.encode("telemetry", {
+            "device": dev, "ts": 1.0, "dropped": 0, "models": {},
+            "resources": {"cpu_percent": cpu, "memory_available_bytes": 6 << 30, "disk_free_bytes": 8 << 30}}))
+
+    try:
+        for dev in ("a", "b"):
+            fake.publish(wire.state_topic(dev), wire.encode("state", {"device": dev, "online": True,
+                                                                      "capabilities": caps}), retain=True)
+            telemetry(dev, 10.0)
+        wait_until("2 devices", lambda: len(ctl.store.list_devices()) == 2)
+        deploy(ctl.store, DeploymentSpec("digits", "digits_cnn", _publish(ctl, digits_artifacts.out_dir), replicas=1))
+        (first,) = wait_until("placed", lambda: [p.device for p in ctl.store.list_placements("digits")])
+        other = "b" if first == "a" else "a"
+        # A spike shorter than the window does nothing; a dip inside the hysteresis band does not reset it.
+        telemetry(first, 95.0)
+        time.sleep(0.2)
+        telemetry(first, 75.0)  # below 80 but above 70: still "hot"
+        time.sleep(0.1)
+        assert [p.device for p in ctl.store.list_placements("digits")] == [first]
+        deadline = time.monotonic() + 10
+        while [p.device for p in ctl.store.list_placements("digits")] != [other]:
+            assert time.monotonic() < deadline, ctl.store.list_placements("digits")
+            telemetry(first, 95.0)
+            time.sleep(0.1)
+        assert any(e.kind == "moved" and first in e.message for e in ctl.store.list_events(limit=500))
+    finally:
+        fake.stop()
+        f.stop()
+        ctl.stop()
