@@ -1,8 +1,9 @@
 """What the agent's serving layer costs over a bare runtime call, and in-process vs a worker.
 
-    .venv/bin/python -m benchmarks.bench_agent_serving [--rounds 40]
+    .venv/bin/python -m benchmarks.bench_agent_serving [--rounds 40] [--model digits|mnist]
 
-The digits CNN is compiled (targets x86_64-avx2 and arm64-cortex-a72) into a scratch folder;
+The digits CNN (or, with --model mnist, the larger MNIST CNN) is compiled (targets x86_64-avx2
+and arm64-cortex-a72) into a scratch folder;
 its int8 ONNX and fp32 TFLite artifacts are served at batch 1 with one intra-op thread. The
 baseline of every ratio is measured in the same run, interleaved with the other paths so that
 drift on a shared machine hits all of them:
@@ -44,6 +45,7 @@ from edge_agent.serving import ModelServer, encode_npy
 from edgectl import manifest as mf
 
 MODEL = "digits"
+INPUT: dict[str, Any] = {"name": "input", "shape": [1, 1, 8, 8]}  # the served model's input, set from its selftest.npz
 BIG_BATCH = 64  # the same fixed overhead against a longer run
 GOAL_PREDICT = 1.05
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,9 +86,9 @@ api = HttpApi(server).start()
 if sys.argv[1] != "-":  # idle: no numpy, no runtime, as in the agent before its first model
     import numpy as np
     server.load("digits", Path(sys.argv[1]), sys.argv[2], version="1")
-    x = np.zeros((1, 1, 8, 8), np.float32)
+    x = np.zeros(json.loads(sys.argv[4]), np.float32)
     for _ in range(200):
-        server.predict("digits", {"input": x})
+        server.predict("digits", {sys.argv[3]: x})
 mem = psutil.Process().memory_full_info()
 print(json.dumps({"rss": mem.rss, "uss": mem.uss}))
 api.stop()
@@ -120,14 +122,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def build(work: Path) -> Path:
-    """Compile the digits CNN (cached zoo model) for an x86 and an ARM target; returns the out dir."""
+def build(work: Path, model_name: str = "digits") -> Path:
+    """Compile the digits (or MNIST) CNN, a cached zoo model, for an x86 and an ARM target."""
     from compiler.pipeline import CompileOptions, compile_model
     from edgectl.targets import load_target
     from tests import zoo
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    model = zoo.digits_cnn(CACHE)
+    model = zoo.mnist_cnn(CACHE) if model_name == "mnist" else zoo.digits_cnn(CACHE)
     out = work / "out"
     targets = tuple(load_target(t) for t in ("x86_64-avx2", "arm64-cortex-a72"))
     compile_model(model.onnx_path, CompileOptions(targets=targets, out_dir=out, calibration=model.calibration))
@@ -152,7 +154,8 @@ def http_client(port: int) -> Callable[[bytes, str], bytes]:
 
 def latency_paths(server: ModelServer, api: HttpApi, worker: Worker, x: np.ndarray) -> dict[str, Callable[[], Any]]:
     runner: Any = server._slots[MODEL].current.runner  # the very runner predict uses
-    feeds = {"input": x}
+    name = str(INPUT["name"])
+    feeds = {name: x}
     if runner.runtime == "onnxruntime":
         session = runner._session
 
@@ -171,12 +174,12 @@ def latency_paths(server: ModelServer, api: HttpApi, worker: Worker, x: np.ndarr
     listed = x.tolist()
 
     def http_json() -> Any:
-        return json.loads(post(json.dumps({"inputs": {"input": listed}}).encode(), "application/json"))
+        return json.loads(post(json.dumps({"inputs": {name: listed}}).encode(), "application/json"))
 
     def http_npy() -> Any:
         return np.load(_bytes_io(post(encode_npy(x), "application/x-npy")), allow_pickle=False)
 
-    big = {"input": np.repeat(x, BIG_BATCH, axis=0)}
+    big = {name: np.repeat(x, BIG_BATCH, axis=0)}
     return {
         "bare": bare,
         "predict": lambda: server.predict(MODEL, feeds),
@@ -212,13 +215,17 @@ def interleaved(paths: dict[str, Callable[[], Any]], rounds: int, per_round: int
 
 def agent_memory(path: Path | None, runtime: str) -> dict[str, int]:
     args = [str(path), runtime] if path is not None else ["-", runtime]
+    args += [str(INPUT["name"]), json.dumps(INPUT["shape"])]
     out = subprocess.run([sys.executable, "-c", AGENT, *args], capture_output=True, check=True, env=_env())
     return dict(json.loads(out.stdout))
 
 
 def bench_artifact(folder: Path, variant: dict[str, Any], rounds: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     path, runtime = folder / variant["file"], variant["runtime"]
-    x = np.load(folder / "selftest.npz")["input.input"][:1]
+    with np.load(folder / "selftest.npz") as npz:
+        key = next(k for k in npz.files if k.startswith("input."))
+        x = npz[key][:1]
+    INPUT.update(name=key.removeprefix("input."), shape=list(x.shape))
     server = ModelServer(threads=1)
     server.load(MODEL, path, runtime, version="1")
     worker = Worker(path, runtime)
@@ -247,15 +254,19 @@ def bench_artifact(folder: Path, variant: dict[str, Any], rounds: int) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--model", choices=("digits", "mnist"), default="digits")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     mems: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        out = build(Path(tmp))
+        out = build(Path(tmp), args.model)
         for target, variant_name in (("x86_64-avx2", "int8"), ("arm64-cortex-a72", "tflite-fp32")):
             folder = out / target
             manifest = mf.read_manifest(folder)
-            variant = next(v for v in manifest["variants"] if v["variant"] == variant_name)
+            variant = next((v for v in manifest["variants"] if v["variant"] == variant_name and v.get("file")), None)
+            if variant is None:
+                print(f"{target} {variant_name}: not emitted for this model, skipped", flush=True)
+                continue
             r, m = bench_artifact(folder, variant, args.rounds)
             rows += r
             mems.append(m)

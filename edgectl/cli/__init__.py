@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from edgectl.cli import agent, examples, fleet, keys, targets, verify
+from edgectl.cli import agent, examples, fleet, keys, targets, up, verify
 from edgectl.cli import compile as compile_cmd
 from edgectl.cli._common import DEBUG, one_line_errors
 
@@ -30,6 +30,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
 app.command("compile")(one_line_errors(compile_cmd.compile_command))
 app.command("verify")(one_line_errors(verify.verify_command))
 app.command("example")(one_line_errors(examples.example_command))
+app.command("up")(one_line_errors(up.up_command))
 app.add_typer(targets.app, name="targets")
 app.add_typer(keys.app, name="keys")
 app.add_typer(agent.app, name="agent")

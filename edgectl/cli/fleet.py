@@ -264,8 +264,10 @@ def _models_cell(models: list[dict[str, Any]]) -> str:
     return "\n".join(cells) or "—"
 
 
-def _status_view(data: Mapping[str, Any]) -> RenderableType:
-    """The two tables of ``fleet status``: devices and deployments."""
+def status_view(data: Mapping[str, Any]) -> RenderableType:
+    """The two tables of ``fleet status``: devices and deployments (``edgectl up`` shows them too).
+
+    ``data`` is what ``fleet.ops.status`` returns."""
     devices = Table("device", "arch", "online", "CPU %", "memory used", "temp", "models", title="devices",
                     title_justify="left")
     for d in data["devices"]:
@@ -307,7 +309,7 @@ def status_command(
         if as_json:
             _echo_json(status(store))
         elif not watch:
-            console().print(_status_view(status(store)))
+            console().print(status_view(status(store)))
         else:
             _watch(store, interval)
 
@@ -320,7 +322,7 @@ def _watch(store: Store, interval: float) -> None:
     def view() -> RenderableType:
         data = status(store)
         stamp = datetime.fromtimestamp(data["ts"]).strftime("%H:%M:%S")
-        return Group(_status_view(data), f"[dim]{stamp} · every {interval:g} s · Ctrl-C to stop[/]")
+        return Group(status_view(data), f"[dim]{stamp} · every {interval:g} s · Ctrl-C to stop[/]")
 
     try:
         with Live(view(), console=console(), auto_refresh=False) as live:

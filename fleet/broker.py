@@ -1,0 +1,205 @@
+"""A Mosquitto broker run by edgectl itself (``edgectl up``): 127.0.0.1 on a free port, its config,
+persistence and log in a folder of ours, stopped (and waited for) by ``stop()``::
+
+    broker = MosquittoBroker(Path(".edgectl-up/run/broker"))
+    broker.start()          # BrokerMissing (with the install command) when mosquitto is not installed
+    broker.url              # "mqtt://127.0.0.1:40123"
+    ...
+    broker.stop()           # SIGTERM, then SIGKILL after a timeout; the process is reaped
+
+Errors::
+
+    BrokerMissing (UserError, exit 2)   the mosquitto binary is not installed
+    BrokerError (exit 1)                it is, but did not start (the message carries its log)
+
+Why these settings: the broker only listens on loopback, so anonymous clients are fine. The
+agents fetch artifacts as windows of QoS 1 chunks, more than Mosquitto's defaults let through
+(20 in flight, 1000 queued). Started as root, Mosquitto drops to the user "mosquitto", which
+cannot write its persistence file in our folder: the config then names the current user.
+
+The process is started in a session of its own, so a Ctrl-C in the terminal reaches only us and
+the broker outlives the agents' goodbyes (their retained "offline" states); on Linux it also gets
+SIGTERM if the thread that started it dies, so a kill -9 of edgectl does not leave it behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edgectl.errors import EdgectlError, UserError
+
+CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
+INSTALL_HINT = "install it with `apt-get install mosquitto` (macOS: `brew install mosquitto`)"
+# Chunks are up to 1 MB (agent fetch.chunk_kb ≤ 1024) plus headers; a little headroom over 8 MB.
+MAX_PACKET_SIZE = (8 << 20) + (64 << 10)
+START_ATTEMPTS = 3  # a free port can be taken by someone else between our probe and the bind
+
+
+class BrokerError(EdgectlError):
+    """Mosquitto is installed but did not start or did not accept connections."""
+
+
+class BrokerMissing(UserError):
+    """The mosquitto binary is not installed."""
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary's path (PATH first, then the usual sbin folders), or None."""
+    for name in CANDIDATES:
+        found = shutil.which(name) or (name if os.path.isabs(name) and os.access(name, os.X_OK) else None)
+        if found:
+            return found
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def accepts_connections(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the child when its parent thread dies, or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
+class MosquittoBroker:
+    """One Mosquitto process whose files live in ``folder`` (created if needed)."""
+
+    def __init__(self, folder: Path, *, host: str = "127.0.0.1", port: int | None = None,
+                 binary: str | None = None) -> None:
+        self.dir = Path(folder)
+        self.host = host
+        self.port = port or 0
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "mosquitto.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def write_config(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        user = f"user {getpass.getuser()}\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(
+            "# Written by edgectl (fleet/broker.py): rewritten on every start.\n"
+            f"listener {self.port} {self.host}\n"
+            f"{user}"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.dir.resolve()}/\n"
+            "autosave_interval 5\n"
+            "max_inflight_messages 1000\n"
+            "max_queued_messages 100000\n"
+            "max_queued_bytes 0\n"
+            f"max_packet_size {MAX_PACKET_SIZE}\n"
+            "set_tcp_nodelay true\n"
+            f"log_dest file {self.log_path.resolve()}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        return conf
+
+    def start(self, timeout: float = 10.0) -> MosquittoBroker:
+        """Start the broker and wait until it accepts connections; returns self."""
+        if self.running:
+            return self
+        binary = self.binary or find_mosquitto()
+        if binary is None:
+            raise BrokerMissing(f"mosquitto is not installed: {INSTALL_HINT}")
+        fixed = bool(self.port)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if not fixed:
+                self.port = free_port(self.host)
+            try:
+                self._start_once(binary, timeout)
+                return self
+            except BrokerError:
+                if fixed or attempt == START_ATTEMPTS or "in use" not in self._log_tail():
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _start_once(self, binary: str, timeout: float) -> None:
+        conf = self.write_config()
+        with (self.dir / "mosquitto.stderr").open("wb") as err:
+            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                         preexec_fn=_die_with_parent())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                self.proc = None
+                raise BrokerError(f"mosquitto exited with code {code} on {self.host}:{self.port}: {self._log_tail()}")
+            if accepts_connections(self.host, self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"mosquitto did not accept connections on {self.host}:{self.port} within {timeout:g} s: "
+                          f"{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 3) -> str:
+        text = ""
+        for path in (self.dir / "mosquitto.stderr", self.log_path):
+            with contextlib.suppress(OSError):
+                text += path.read_text(errors="replace")
+        tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+        return " | ".join(tail) or "no output"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (Mosquitto saves its state and exits), SIGKILL after ``timeout``; always reaped."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,866 @@
+"""``edgectl up``: a whole fleet on this machine in one command, to see the product work in a minute.
+
+    report = run_up(UpOptions(devices=5, duration=60), on_status=print)
+    report.first_serving_s, report.requests.correct, report.errors
+
+What runs, and where (everything is stopped again before ``run_up`` returns, Ctrl-C included)::
+
+    broker        Mosquitto, a child process on 127.0.0.1 and a free port (fleet/broker.py), or
+                  without it the in-process MemoryBroker (this process only)
+    controller    fleet.controller.Controller in this process (registry, scheduler, chunk
+                  server), with its HTTP API (/v1/status, /metrics) on a free port
+    N devices     edge_agent.daemon.Agent in this process, each with its own broker connection,
+                  data dir, HTTP port and simulated capacity (labels and model memory budget):
+                  the real pipeline (desired state, chunked transfer, signature check, probe in
+                  a child process, in-process runtime); they all run on this host, so they
+                  announce its real arch (the scheduler matches artifacts against it)
+    model build   child processes, concurrently with the above: `edgectl example digits-cnn`
+                  then `edgectl compile --target x86_64-avx2 --sign-key …`, reused by later
+                  runs while it still verifies
+    then          publish (fleet.ops.publish_dir) → deploy (fleet.ops.deploy, spread across
+                  zones) → HTTP POST /v1/models/digits:predict round-robin over the serving
+                  replicas with held-out digits, each answer checked against its label
+
+The workdir (default ``.edgectl-up``)::
+
+    fleet.toml        this fleet's config: `edgectl fleet status -c .edgectl-up/fleet.toml --watch`
+                      (or explain, events …) from another terminal while it runs
+    model/            keys, example data, compile output, build.log: kept across runs
+    run/              broker, controller store and artifacts, device data dirs: replaced by the
+                      next run, kept after this one for a look at what happened
+
+Without Mosquitto the fleet lives on the in-process broker, so only this process can reach it
+(`edgectl fleet status` still reads the store). An embedded TCP MQTT 5 broker, so that ``up``
+needs nothing installed and other processes can join, is a later step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import importlib.metadata
+import json
+import logging
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from edgectl.errors import EdgectlError, UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edge_agent.daemon import Agent
+    from edgectl.transport.memory import MemoryBroker
+    from fleet.broker import MosquittoBroker
+    from fleet.controller import Controller
+    from fleet.http_api import FleetHttp
+    from fleet.store import Store
+
+log = logging.getLogger(__name__)
+
+BROKERS = ("auto", "mosquitto", "memory")
+EXAMPLE = "digits-cnn"
+MODEL_FILE = "digits_cnn.onnx"
+TARGET = "x86_64-avx2"  # one target keeps the build short; the agents all run on this x86-64 host
+DEPLOYMENT = "digits"
+TICK_S = 0.25  # how often the store is polled: the timeline is this precise
+STATUS_EVERY_S = 0.5  # how often on_status is called
+REQUEST_TIMEOUT_S = 5.0
+ONLINE_WAIT_S = 15.0  # at most this long after the agents start, the deploy waits for all to register
+RUN_MARKER = ".edgectl-up"  # only a run/ folder holding this is ever deleted
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A simulated device class: what it is called and the model memory budget it announces."""
+
+    name: str
+    memory_budget_mb: int
+
+
+PROFILES = (Profile("gateway", 512), Profile("camera", 128), Profile("kiosk", 256), Profile("sensor-hub", 64),
+            Profile("edge-server", 1024))
+ZONES = ("zone-a", "zone-b", "zone-c")
+SITES = ("lab", "shop")
+
+
+class BuildFailed(EdgectlError):
+    """Training or compiling the example model failed; the message names the step and the log."""
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What ``edgectl up`` runs.
+
+    >>> UpOptions(devices=3, duration=30, broker="memory").replicas
+    2
+    """
+
+    devices: int = 5
+    workdir: Path = Path(".edgectl-up")
+    duration: float | None = None  # seconds from the start; None = until Ctrl-C
+    requests_per_s: float = 10.0
+    seed: int = 0
+    broker: str = "auto"  # auto (Mosquitto when installed) | mosquitto | memory
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.devices <= 100:
+            raise UserError(f"--devices {self.devices} must be from 1 to 100 (they all run in this process)")
+        if self.duration is not None and not self.duration > 0:
+            raise UserError(f"--duration {self.duration:g} must be a positive number of seconds")
+        if not 0 < self.requests_per_s <= 1000:
+            raise UserError(f"--rate {self.requests_per_s:g} must be more than 0 and at most 1000 requests/s")
+        if self.broker not in BROKERS:
+            raise UserError(f"--broker {self.broker!r} must be one of {', '.join(BROKERS)}")
+
+    @property
+    def replicas(self) -> int:
+        # A majority of the devices, at most 3: some devices stay free, so the spread is visible.
+        return min(3, self.devices // 2 + 1)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    id: str
+    profile: str
+    labels: Mapping[str, str]
+    memory_budget_mb: int
+    http_port: int | None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    target: str
+    cached: bool  # reused from an earlier run in the same workdir
+    build_s: float
+    variants: tuple[str, ...]  # "digits_cnn.int8.onnx (int8, compile-time accuracy 97.3 %)"
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    sent: int = 0
+    ok: int = 0  # HTTP 200 with an output
+    correct: int = 0  # ... whose top-1 matches the label
+    failed: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    by_device: Mapping[str, int] = field(default_factory=dict)  # answered requests per device
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.ok if self.ok else None
+
+
+@dataclass(frozen=True)
+class UpStatus:
+    """What ``on_status`` gets, about twice a second: ``fleet`` is ``fleet.ops.status`` (what
+    `edgectl fleet status --json` prints), None until the controller is up."""
+
+    phase: str  # starting | building | deploying | serving | stopping | stopped
+    elapsed_s: float
+    duration_s: float | None
+    broker: str
+    broker_url: str | None
+    devices: tuple[DeviceInfo, ...]
+    fleet: Mapping[str, Any] | None
+    requests: RequestStats
+    events: tuple[str, ...]  # every event so far, oldest first: "  3.2 s  dev-02: digits@1 serving"
+
+
+@dataclass(frozen=True)
+class UpReport:
+    """What happened: ``timeline`` holds seconds since the start (broker_ready, controller_ready,
+    devices_started, devices_online, model_ready, published, deployed, first_serving,
+    all_serving, stopped); a step that did not happen is absent."""
+
+    workdir: Path
+    fleet_config: Path | None
+    broker: str
+    broker_url: str | None
+    devices: tuple[DeviceInfo, ...]
+    model: ModelInfo | None
+    deployment: str
+    replicas: int
+    serving: tuple[str, ...]  # devices serving the deployment when the run ended
+    timeline: Mapping[str, float]
+    requests: RequestStats
+    errors: tuple[str, ...]
+    notes: tuple[str, ...]  # what the user should know at the end, e.g. the broker fallback
+    events: tuple[str, ...]
+    interrupted: bool
+    duration_s: float
+
+    @property
+    def first_serving_s(self) -> float | None:
+        return self.timeline.get("first_serving")
+
+    @property
+    def all_serving_s(self) -> float | None:
+        return self.timeline.get("all_serving")
+
+    @property
+    def ok(self) -> bool:
+        """A replica served and answered at least one request correctly."""
+        return self.first_serving_s is not None and self.requests.correct > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = _plain(self)
+        doc.update(ok=self.ok, first_serving_s=self.first_serving_s, all_serving_s=self.all_serving_s,
+                   accuracy=self.requests.accuracy)
+        return dict(doc)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# --- the model: trained and compiled in child processes, reused while it verifies -----------------
+
+@dataclass(frozen=True)
+class BuiltModel:
+    folder: Path  # the --out of `edgectl compile` (one sub-folder, TARGET)
+    eval_inputs: Path  # npz keyed by the input name: held out from training
+    eval_labels: Path
+    cached: bool
+    build_s: float
+
+
+class ModelBuild:
+    """The bundled example, signed with the workdir's key: built once, reused by later runs.
+
+        build = ModelBuild(Path(".edgectl-up"))
+        model = build.run()          # blocking; or start() in the background, then .done / .result
+    """
+
+    def __init__(self, workdir: Path, *, on_event: Callable[[str], None] | None = None) -> None:
+        self.dir = workdir / "model"
+        self.example = self.dir / "example"
+        self.out = self.dir / "build"
+        self.key = self.dir / "keys" / "up.key"
+        self.public_key = self.key.with_name(self.key.name + ".pub")
+        self.log_path = self.dir / "build.log"
+        self.on_event = on_event or (lambda _: None)
+        self.result: BuiltModel | None = None
+        self.error: BaseException | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def ensure_key(self) -> Path:
+        """The public key the fleet trusts (generated on first use; agents need it at start)."""
+        from edgectl.signing import write_keypair
+
+        if not (self.key.is_file() and self.public_key.is_file()):
+            write_keypair(self.key, overwrite=True)
+        return self.public_key
+
+    def _stamp(self) -> dict[str, str]:
+        try:
+            version = importlib.metadata.version("edgectl")
+        except importlib.metadata.PackageNotFoundError:
+            version = "source"
+        return {"edgectl": version, "example": EXAMPLE, "target": TARGET}
+
+    def cached(self) -> BuiltModel | None:
+        from edgectl.manifest import verify_dir
+        from edgectl.signing import load_public_key
+
+        stamp = self.dir / "stamp.json"
+        files = (self.example / "eval.npz", self.example / "eval_labels.npy", stamp)
+        try:
+            if not all(f.is_file() for f in files) or json.loads(stamp.read_text()) != self._stamp():
+                return None
+            verify_dir(self.out / TARGET, load_public_key(self.public_key))
+        except (EdgectlError, OSError, ValueError):
+            return None  # changed, half-written or signed by an older key: build again
+        return BuiltModel(self.out, self.example / "eval.npz", self.example / "eval_labels.npy", True, 0.0)
+
+    def run(self) -> BuiltModel:
+        t0 = time.monotonic()
+        self.ensure_key()
+        found = self.cached()
+        if found is not None:
+            self.on_event(f"model: reusing {self.out / TARGET} (built by an earlier run, signature verified)")
+            return found
+        shutil.rmtree(self.out, ignore_errors=True)
+        (self.dir / "stamp.json").unlink(missing_ok=True)
+        self.log_path.unlink(missing_ok=True)
+        ex = self.example
+        self._child("training the example model", ["example", EXAMPLE, "--out", str(ex)])
+        self._child(f"compiling it for {TARGET}", [
+            "compile", str(ex / MODEL_FILE), "--target", TARGET, "--calibration", str(ex / "calibration.npz"),
+            "--eval", str(ex / "eval.npz"), "--labels", str(ex / "eval_labels.npy"), "--sign-key", str(self.key),
+            "--out", str(self.out), "--json"])
+        (self.dir / "stamp.json").write_text(json.dumps(self._stamp()))
+        return BuiltModel(self.out, ex / "eval.npz", ex / "eval_labels.npy", False, time.monotonic() - t0)
+
+    def _child(self, what: str, args: list[str]) -> None:
+        # A child process, not a call: torch (hundreds of MB) stays out of the process hosting
+        # the fleet, training gets a GIL of its own, and Ctrl-C can stop it at once.
+        self.on_event(f"{what}: edgectl {shlex.join(args)}")
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # works from a source tree, too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out, self._lock:
+            if self._cancelled.is_set():
+                raise BuildFailed("cancelled")
+            out.write(f"$ edgectl {shlex.join(args)}\n".encode())
+            out.flush()
+            proc = self._proc = subprocess.Popen([sys.executable, "-m", "edgectl", *args], stdin=subprocess.DEVNULL,
+                                                 stdout=out, stderr=subprocess.STDOUT, env=env)
+        code = proc.wait()
+        with self._lock:
+            self._proc = None
+        if self._cancelled.is_set():
+            raise BuildFailed("cancelled")
+        if code != 0:
+            raise BuildFailed(f"{what} failed (exit code {code}): {self._log_error()}; full log in {self.log_path}")
+
+    def _log_error(self) -> str:
+        lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("error:")]
+        if errors:
+            return errors[-1].removeprefix("error:").strip()
+        return "no variant passed the fidelity gate" if lines and lines[-1] == "}" else (lines or ["no output"])[-1]
+
+    # --- in the background ---
+    def start(self) -> None:
+        def target() -> None:
+            try:
+                self.result = self.run()
+            except BaseException as exc:  # handed to the thread that polls .done
+                self.error = exc
+
+        self._thread = threading.Thread(target=target, name="up-model-build", daemon=True)
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    def cancel(self, timeout: float = 10.0) -> None:
+        """Stop a running child (SIGTERM, then SIGKILL) and wait for the build thread."""
+        self._cancelled.set()
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout / 2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def prepare_model(workdir: Path) -> BuiltModel:
+    """Build (or reuse) the example model of ``workdir`` now; ``run_up`` then starts with it ready."""
+    return ModelBuild(Path(workdir)).run()
+
+
+# --- requests: HTTP round-robin over the serving replicas, answers checked against labels ----------
+
+class LoadGenerator:
+    """Sends ``rate`` requests/s in total to the devices in ``targets`` (set by the caller)."""
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray, input_name: str, *, rate: float, seed: int,
+                 deployment: str = DEPLOYMENT) -> None:
+        order = list(range(len(labels)))
+        random.Random(seed).shuffle(order)
+        # Bodies are encoded once: the load thread should measure the agents, not json.dumps.
+        self._samples = [(json.dumps({"inputs": {input_name: inputs[i : i + 1].tolist()}}).encode(), int(labels[i]))
+                         for i in order]
+        self.path = f"/v1/models/{deployment}:predict"
+        self.rate = rate
+        self.targets: tuple[tuple[str, int], ...] = ()  # (device, HTTP port); replaced, never mutated
+        self.errors: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._sent = self._ok = self._correct = self._failed = 0
+        self._by_device: Counter[str] = Counter()
+        self._latencies: deque[float] = deque(maxlen=5000)
+        self._conns: dict[int, http.client.HTTPConnection] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="up-requests", daemon=True)
+
+    def start(self) -> LoadGenerator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(REQUEST_TIMEOUT_S + 1)
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def _post(self, port: int, body: bytes) -> tuple[int, Any]:
+        """One request on the port's keep-alive connection; a connection the agent closed while
+        idle (its timeout is 30 s, so at low rates) is replaced once, as browsers do."""
+        for attempt in (1, 2):
+            conn = self._conns.get(port)
+            reused = conn is not None
+            if conn is None:
+                conn = self._conns[port] = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+            try:
+                conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                return resp.status, json.loads(resp.read())
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._conns.pop(port, None)
+                conn.close()
+                if not reused or attempt == 2:
+                    raise
+            except (OSError, http.client.HTTPException):
+                self._conns.pop(port, None)
+                conn.close()
+                raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def stats(self) -> RequestStats:
+        with self._lock:
+            lat = sorted(self._latencies)
+            return RequestStats(
+                sent=self._sent, ok=self._ok, correct=self._correct, failed=self._failed,
+                p50_ms=round(lat[len(lat) // 2], 2) if lat else None,
+                p95_ms=round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 2) if lat else None,
+                by_device=dict(sorted(self._by_device.items())),
+            )
+
+    def _run(self) -> None:
+        i = 0
+        next_at = time.monotonic()
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at = max(next_at + 1 / self.rate, time.monotonic() - 1.0)  # no burst after a stall
+            targets = self.targets
+            if not targets:
+                continue
+            device, port = targets[i % len(targets)]
+            body, label = self._samples[i % len(self._samples)]
+            i += 1
+            self._one(device, port, body, label)
+
+    def _one(self, device: str, port: int, body: bytes, label: int) -> None:
+        t0 = time.perf_counter()
+        error = None
+        predicted = None
+        try:
+            status, doc = self._post(port, body)
+            if status != 200:
+                error = f"{device}: HTTP {status}: {doc.get('error', '?')}"
+            else:
+                row = next(iter(doc["outputs"].values()))[0]
+                predicted = max(range(len(row)), key=row.__getitem__)
+        except (OSError, http.client.HTTPException, ValueError, LookupError, TypeError, AttributeError,
+                StopIteration) as exc:
+            error = f"{device}: {exc.__class__.__name__}: {exc}"
+        ms = (time.perf_counter() - t0) * 1e3
+        with self._lock:
+            self._sent += 1
+            if error is None:
+                self._ok += 1
+                self._correct += predicted == label
+                self._by_device[device] += 1
+                self._latencies.append(ms)
+            else:
+                self._failed += 1
+                self.errors[error] += 1
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold off Ctrl-C (and SIGTERM) while the fleet stops: a second one must not leave the broker
+    running. Only the main thread can set handlers; elsewhere the signals never arrive anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda *_: log.info("still stopping, please wait")) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+class _Up:
+    """One ``run_up``: everything it started, in the order it has to be stopped."""
+
+    def __init__(self, options: UpOptions, on_status: Callable[[UpStatus], None] | None) -> None:
+        self.o = options
+        self.on_status = on_status
+        self.t0 = time.monotonic()
+        self.shown = Path(options.workdir)  # as the user wrote it, for messages
+        self.workdir = self.shown.resolve()
+        self.run_dir = self.workdir / "run"
+        self.phase = "starting"
+        self.events: list[str] = []
+        self.errors: dict[str, None] = {}  # ordered, no duplicates
+        self.notes: list[str] = []
+        self.timeline: dict[str, float] = {}
+        self._elock = threading.Lock()
+        self.broker_kind = "memory" if options.broker == "memory" else "mosquitto"
+        self.broker_url: str | None = None
+        self.fleet_config: Path | None = None
+        self.mosquitto: MosquittoBroker | None = None
+        self.memory: MemoryBroker | None = None
+        self.controller: Controller | None = None
+        self.http: FleetHttp | None = None
+        self.store: Store | None = None
+        self.agents: list[Agent] = []
+        self.devices: list[DeviceInfo] = []
+        self.build = ModelBuild(self.shown, on_event=self.event)
+        self.model: ModelInfo | None = None
+        self.built: BuiltModel | None = None
+        self.load: LoadGenerator | None = None
+        self.fleet: Mapping[str, Any] | None = None
+        self.serving: tuple[str, ...] = ()
+        self.interrupted = False
+        self._states: dict[tuple[str, str], str] = {}
+        self._online: set[str] = set()
+        self._event_id = 0  # the controller's event log, read up to here
+        self._notified = 0.0
+        self._lockfile: IO[str] | None = None
+
+    # --- reporting ---
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def event(self, text: str) -> None:
+        with self._elock:
+            self.events.append(f"{self.elapsed():6.1f} s  {text}")
+        log.info("%s", text)
+
+    def mark(self, step: str) -> None:
+        self.timeline.setdefault(step, round(self.elapsed(), 2))
+
+    def error(self, text: str) -> None:
+        if text not in self.errors:
+            self.errors[text] = None
+            self.event(f"error: {text}")
+
+    def notify(self, force: bool = False) -> None:
+        if self.on_status is None or (not force and time.monotonic() - self._notified < STATUS_EVERY_S):
+            return
+        self._notified = time.monotonic()
+        with self._elock:
+            events = tuple(self.events)
+        self.on_status(UpStatus(self.phase, self.elapsed(), self.o.duration, self.broker_kind, self.broker_url,
+                                tuple(self.devices), self.fleet, self.requests(), events))
+
+    def requests(self) -> RequestStats:
+        return self.load.stats() if self.load is not None else RequestStats()
+
+    def report(self) -> UpReport:
+        errors = dict(self.errors)
+        if self.load is not None:
+            for text, n in self.load.errors.most_common(5):
+                errors[f"{n} request(s) failed: {text}"] = None
+        return UpReport(
+            workdir=self.shown, fleet_config=self.fleet_config, broker=self.broker_kind, broker_url=self.broker_url,
+            devices=tuple(self.devices), model=self.model, deployment=DEPLOYMENT, replicas=self.o.replicas,
+            serving=self.serving, timeline=dict(self.timeline), requests=self.requests(), errors=tuple(errors),
+            notes=tuple(self.notes), events=tuple(self.events), interrupted=self.interrupted,
+            duration_s=round(self.elapsed(), 2),
+        )
+
+    # --- start-up ---
+    def prepare_dirs(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._lock_workdir()
+        if self.run_dir.exists():
+            if not (self.run_dir / RUN_MARKER).exists():
+                raise UserError(f"{self.shown / 'run'} exists and was not made by `edgectl up`: "
+                                "choose another --workdir")
+            shutil.rmtree(self.run_dir)  # the previous run's fleet: a new run starts from scratch
+        self.run_dir.mkdir(parents=True)
+        (self.run_dir / RUN_MARKER).write_text("made by `edgectl up`; replaced by its next run\n")
+        self.build.ensure_key()
+
+    def _lock_workdir(self) -> None:
+        # A second `edgectl up` on the same workdir would delete this run's files under its feet.
+        try:
+            import fcntl
+        except ImportError:  # not on Windows: there, two runs are the user's business
+            return
+        self._lockfile = (self.workdir / "up.lock").open("w")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lockfile.close()
+            self._lockfile = None
+            raise UserError(f"another `edgectl up` is using {self.shown}: stop it, or pass another --workdir") from None
+
+    def start_broker(self) -> None:
+        from fleet.broker import INSTALL_HINT, MosquittoBroker, find_mosquitto
+
+        if self.o.broker == "auto" and find_mosquitto() is None:
+            self.broker_kind = "memory"
+            self.notes.append(f"Mosquitto is not installed, so the fleet used the in-process broker (only this "
+                              f"process could reach it); {INSTALL_HINT} for a real MQTT broker")
+            self.event(self.notes[-1])
+        if self.broker_kind == "memory":
+            from edgectl.transport.memory import MemoryBroker
+
+            self.memory = MemoryBroker()
+            self.event("broker: in-process (MemoryBroker)")
+        else:
+            self.mosquitto = MosquittoBroker(self.run_dir / "broker").start()
+            self.broker_url = self.mosquitto.url
+            pid = self.mosquitto.proc.pid if self.mosquitto.proc is not None else "?"
+            self.event(f"broker: Mosquitto on {self.broker_url} (pid {pid}, files in {self.shown / 'run' / 'broker'})")
+        self.mark("broker_ready")
+
+    def write_fleet_config(self) -> Path:
+        path = self.workdir / "fleet.toml"
+        url = self.broker_url or "mqtt://127.0.0.1:1883"
+        note = "" if self.broker_url else "  # unused: this run's broker is in-process"
+        path.write_text(
+            "# Written by `edgectl up` for its current run. While it runs, from another terminal:\n"
+            f"#   edgectl fleet status -c {self.shown / 'fleet.toml'} --watch\n"
+            f'broker_url = "{url}"{note}\n'
+            'store_url = "run/controller/fleet.db"\n'
+            'artifact_dir = "run/controller/artifacts"\n'
+            f'trusted_keys = ["{self.build.public_key.relative_to(self.shown)}"]\n'
+            "http_port = 0\n"
+            "heartbeat_timeout_s = 10\n"
+            "reconcile_interval_s = 0.5\n"
+            'controller_id = "up"\n'
+            "\n"
+            "# The devices all share this host's CPU, so its load says nothing about one of them: a busy\n"
+            "# host would otherwise keep every device from taking (or keeping) a replica.\n"
+            "[scheduler]\n"
+            "max_cpu_percent = 100\n"
+            "\n"
+            "[overload]\n"
+            "cpu_percent = 100\n"
+        )
+        return path
+
+    def start_controller(self) -> None:
+        from edgectl.transport.memory import MemoryTransport
+        from fleet.config import load_fleet_config
+        from fleet.controller import Controller
+        from fleet.http_api import FleetHttp
+        from fleet.store import open_store
+
+        self.fleet_config = self.shown / "fleet.toml"
+        cfg = load_fleet_config(self.write_fleet_config())
+        transport = MemoryTransport(self.memory, f"edgectl-controller-{cfg.controller_id}") if self.memory else None
+        self.controller = Controller(cfg, transport=transport, rng=random.Random(self.o.seed))
+        self.controller.start()
+        self.http = FleetHttp(self.controller, cfg.http_host, 0).start()
+        self.store = open_store(cfg.store_url)
+        self.mark("controller_ready")
+        self.event(f"controller: running, HTTP API on http://{cfg.http_host}:{self.http.port}/v1/status")
+
+    def start_agents(self) -> None:
+        from edge_agent.config import AgentConfig, BrokerConfig, HttpConfig
+        from edge_agent.daemon import Agent, state_message
+        from edgectl import wire
+        from edgectl.transport.base import Will
+        from edgectl.transport.memory import MemoryTransport
+
+        for i in range(self.o.devices):
+            device_id = f"dev-{i + 1:02d}"
+            profile = PROFILES[i % len(PROFILES)]
+            labels = {"profile": profile.name, "zone": ZONES[i % len(ZONES)], "site": SITES[i % len(SITES)]}
+            cfg = AgentConfig(
+                device_id=device_id, data_dir=self.run_dir / "devices" / device_id,
+                broker=BrokerConfig(url=self.broker_url or "mqtt://127.0.0.1:1883"),
+                trusted_keys=(self.build.public_key.resolve(),), memory_budget_bytes=profile.memory_budget_mb << 20,
+                telemetry_interval_s=2.0, labels=tuple(sorted(labels.items())), http=HttpConfig(port=0), tick_s=1.0,
+            )
+            transport = None
+            if self.memory is not None:
+                will = Will(wire.state_topic(device_id), state_message(device_id, False, None), qos=1, retain=True)
+                transport = MemoryTransport(self.memory, f"edgectl-agent-{device_id}", will=will)
+            agent = Agent(cfg, transport=transport)
+            self.agents.append(agent)  # before start(): a half-started agent is still stopped
+            agent.start()
+            port = agent.http.port if agent.http is not None else None
+            self.devices.append(DeviceInfo(device_id, profile.name, labels, profile.memory_budget_mb, port))
+        self.mark("devices_started")
+        self.event(f"{self.o.devices} device(s) started; each connects, announces itself and waits for work")
+
+    # --- the loop ---
+    def tick(self) -> None:
+        from fleet.ops import FAILED, HEALTHY, status
+
+        assert self.store is not None
+        self.fleet = status(self.store)
+        for d in self.fleet["devices"]:
+            if d["online"] and d["id"] not in self._online:
+                self._online.add(d["id"])
+                info = next((x for x in self.devices if x.id == d["id"]), None)
+                if info is not None:
+                    self.event(f"{info.id} online: {info.profile}, {info.labels['zone']}, site {info.labels['site']}, "
+                               f"{info.memory_budget_mb} MB model budget, HTTP :{info.http_port}")
+            for m in d["models"]:
+                key = (d["id"], m["deployment"])
+                if self._states.get(key) != m["state"]:
+                    self._states[key] = m["state"]
+                    why = f" ({m['reason']})" if m["reason"] and m["state"] in FAILED else ""
+                    self.event(f"{d['id']}: {m['deployment']}@{m['version']} {m['state']} ({m['variant']}){why}")
+                if m["state"] in FAILED:
+                    self.error(f"{d['id']}: {m['deployment']} {m['state']}: {m['reason'] or 'no reason given'}")
+        for e in self.store.list_events(since_id=self._event_id, limit=100):
+            self._event_id = e.id
+            if e.kind == "unplaced":  # the scheduler's reasons: what a newcomer needs when nothing serves
+                self.event(f"controller: {e.subject}: {e.message}")
+        if len(self._online) >= self.o.devices:
+            self.mark("devices_online")
+        if self.built is None and self.build.done:
+            if self.build.error is not None:
+                raise self.build.error
+            self.built = self.build.result
+            self.mark("model_ready")
+        # Deploy once the devices have registered, so the first placement sees them all (and does
+        # not log "unplaced: none registered"); a device that never shows up must not block it.
+        waited = self.elapsed() - self.timeline.get("devices_started", 0.0)
+        if self.built is not None and self.model is None and ("devices_online" in self.timeline
+                                                              or waited > ONLINE_WAIT_S):
+            self.deploy(self.built)
+        serving = tuple(d["id"] for d in self.fleet["devices"] if d["online"] and any(
+            m["deployment"] == DEPLOYMENT and m["state"] == HEALTHY for m in d["models"]))
+        self.serving = serving
+        if serving and "first_serving" not in self.timeline:
+            self.mark("first_serving")
+            port = next(x.http_port for x in self.devices if x.id == serving[0])
+            self.event(f"first replica serving: POST http://127.0.0.1:{port}/v1/models/{DEPLOYMENT}:predict "
+                       f"({serving[0]}); requests start")
+            if self.phase == "deploying":
+                self.phase = "serving"
+        if len(serving) >= self.o.replicas:
+            self.mark("all_serving")
+        if self.load is not None:
+            ports = {x.id: x.http_port for x in self.devices if x.http_port is not None}
+            self.load.targets = tuple((d, ports[d]) for d in serving if d in ports)
+
+    def deploy(self, built: BuiltModel) -> None:
+        import numpy as np
+
+        from edge_agent.verify import load_trusted_keys
+        from fleet.artifacts import ArtifactStore
+        from fleet.model import DeploymentSpec
+        from fleet.ops import deploy, publish_dir
+
+        assert self.controller is not None and self.store is not None
+        cfg = self.controller.cfg
+        mv = publish_dir(self.store, ArtifactStore(cfg.artifact_dir), built.folder, load_trusted_keys(cfg.trusted_keys))
+        self.mark("published")
+        manifest = json.loads((built.folder / TARGET / "manifest.json").read_text())
+        variants = tuple(f"{v['file']} ({v['precision']}, compile-time accuracy {v['fidelity']['accuracy']:.1%})"
+                         for v in manifest.get("variants", []) if (v.get("fidelity") or {}).get("accuracy") is not None)
+        self.model = ModelInfo(mv.name, mv.version, TARGET, built.cached, round(built.build_s, 2), variants)
+        self.event(f"published {mv.name} v{mv.version}: {len(variants)} variant(s) for {TARGET}, signature verified")
+        spec = DeploymentSpec(DEPLOYMENT, mv.name, mv.version, replicas=self.o.replicas, strategy="spread")
+        self.event(deploy(self.store, spec) + f", spread across zones ({self.o.devices} device(s) to choose from)")
+        self.mark("deployed")
+        self.phase = "deploying"
+        with np.load(built.eval_inputs) as npz:
+            name = npz.files[0]
+            inputs = npz[name]
+        labels = np.load(built.eval_labels)
+        self.load = LoadGenerator(inputs, labels, name, rate=self.o.requests_per_s, seed=self.o.seed).start()
+
+    def loop(self) -> None:
+        self.phase = "building"
+        self.build.start()
+        deadline = None if self.o.duration is None else self.t0 + self.o.duration
+        while True:
+            self.tick()
+            self.notify()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return
+            time.sleep(TICK_S if deadline is None else max(0.0, min(TICK_S, deadline - now)))
+
+    # --- shutdown: the reverse order, each step whatever happened before ---
+    def stop(self) -> None:
+        self.phase = "stopping"
+        t = time.monotonic()
+        with contextlib.suppress(Exception):
+            self.notify(force=True)
+        self._quietly("stop the request generator", lambda: self.load.stop() if self.load else None)
+        self._quietly("stop the model build", self.build.cancel)
+        threads = [threading.Thread(target=self._quietly, args=(f"stop {a.device_id}", a.stop), name="up-stop")
+                   for a in self.agents]
+        for th in threads:  # in parallel: each waits for its goodbye to be acknowledged
+            th.start()
+        for th in threads:
+            th.join()
+        if self.http is not None:
+            self._quietly("stop the controller's HTTP API", self.http.stop)
+        if self.controller is not None:
+            self._quietly("stop the controller", self.controller.stop)
+        if self.store is not None:
+            self._quietly("close the store", self.store.close)
+        if self.mosquitto is not None:
+            self._quietly("stop Mosquitto", self.mosquitto.stop)
+        if self._lockfile is not None:
+            self._lockfile.close()  # releases the lock
+        self.mark("stopped")
+        self.phase = "stopped"
+        self.event(f"stopped everything in {time.monotonic() - t:.1f} s; files kept in {self.shown}")
+
+    def _quietly(self, what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # the next steps must still run: nothing may be left behind
+            log.exception("could not %s", what)
+            self.error(f"could not {what}: {exc}")
+
+
+def run_up(options: UpOptions, *, on_status: Callable[[UpStatus], None] | None = None) -> UpReport:
+    """Start the fleet, deploy the example, send requests until ``options.duration`` or Ctrl-C;
+    stop everything; return what happened.
+
+    A failure to start (a missing Mosquitto with ``broker="mosquitto"``, a failed model build, a
+    workdir that is not ours) raises its ``EdgectlError`` once everything is stopped; what goes
+    wrong afterwards (a failed replica, failed requests) is in ``UpReport.errors``. A Ctrl-C
+    (``KeyboardInterrupt``) ends the run and is reported as ``interrupted``, not raised."""
+    up = _Up(options, on_status)
+    try:
+        up.prepare_dirs()
+        up.start_broker()
+        up.notify(force=True)
+        up.start_controller()
+        up.start_agents()
+        up.notify(force=True)
+        up.loop()
+    except KeyboardInterrupt:
+        up.interrupted = True
+        up.event("interrupted: stopping")
+    finally:
+        with _signals_deferred():
+            up.stop()
+            up.notify(force=True)
+    return up.report()
