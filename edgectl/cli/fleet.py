@@ -459,8 +459,10 @@ def explain_command(
 @one_line_errors
 def drain_command(device: str = typer.Argument(..., help="The device's id."), config: Path = ConfigOpt) -> None:
     """Drain a device (before maintenance): the controller moves its replicas elsewhere and gives it no new ones."""
-    with _opened(config) as (_, store):
+    # The event also tells a running controller to act now (its idle ticks skip full passes).
+    with _opened(config) as (_, store), store.atomic():
         store.set_draining(device, True)
+        store.append_event("draining", device, "drained by an operator: its replicas move", time.time())
     typer.echo(f"draining {device}: its replicas move to other devices (`edgectl fleet undrain {device}` reverts)")
 
 
@@ -468,6 +470,7 @@ def drain_command(device: str = typer.Argument(..., help="The device's id."), co
 @one_line_errors
 def undrain_command(device: str = typer.Argument(..., help="The device's id."), config: Path = ConfigOpt) -> None:
     """Let this device take replicas again."""
-    with _opened(config) as (_, store):
+    with _opened(config) as (_, store), store.atomic():
         store.set_draining(device, False)
+        store.append_event("undrained", device, "takes replicas again", time.time())
     typer.echo(f"{device} takes replicas again")

@@ -207,6 +207,10 @@ class Store(Protocol):
         """Set offline every online device last heard of before ``older_than``; their ids."""
         ...
 
+    def hot_devices(self, cpu_above: float) -> dict[str, float]:
+        """Online devices whose last CPU reading is above ``cpu_above``: id → CPU %."""
+        ...
+
     # --- desired-state generations -----------------------------------------------------------
     def bump_generation(self, device_id: str, digest: str | None = None) -> int:
         """The next generation for the device's desired state; monotonic, survives restarts.
@@ -272,6 +276,10 @@ class Store(Protocol):
     # --- events -------------------------------------------------------------------------------
     def append_event(self, kind: str, subject: str, message: str, ts: float,
                      data: Mapping[str, Any] | None = None) -> int: ...
+    def last_event_id(self) -> int:
+        """The newest event's id (0 when none): every change made through ``fleet.ops`` appends one."""
+        ...
+
     def list_events(self, since_id: int = 0, limit: int = 100, subject: str | None = None) -> list[Event]: ...
     def prune_events(self, keep: int) -> int: ...
 

@@ -141,6 +141,12 @@ class DeviceOps(SqlBase):
         with self.tx(write=True) as conn:
             return sorted(r.id for r in conn.execute(stmt))
 
+    def hot_devices(self, cpu_above: float) -> dict[str, float]:
+        c = devices.c
+        with self.tx(write=False) as conn:
+            return {r.id: float(r.cpu_percent) for r in conn.execute(
+                sa.select(c.id, c.cpu_percent).where(c.online.is_(True), c.cpu_percent > cpu_above))}
+
     # --- telemetry -------------------------------------------------------------------------------
     def record_telemetry(self, device_id: str, resources: Mapping[str, Any],
                          models: Mapping[str, Mapping[str, Any]], ts: float, sent: float | None = None) -> bool:

@@ -133,6 +133,10 @@ class LogOps(SqlBase):
                 self._prune(conn, self.settings.keep_events)
             return new_id
 
+    def last_event_id(self) -> int:
+        with self.tx(write=False) as conn:
+            return int(conn.execute(sa.select(sa.func.max(events.c.id))).scalar() or 0)
+
     def list_events(self, since_id: int = 0, limit: int = 100, subject: str | None = None) -> list[Event]:
         stmt = sa.select(events).where(events.c.id > since_id).order_by(events.c.id).limit(limit)
         if subject is not None:
@@ -155,7 +159,9 @@ class LogOps(SqlBase):
     # --- snapshot --------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         with self.tx(write=False) as conn:
-            devs = {r.id: device_of(r) for r in conn.execute(sa.select(devices).order_by(devices.c.id))}
+            # Not the capabilities document: the scheduler never reads it, and it is the largest JSON to decode.
+            cols = [c for c in devices.c if c.name != "capabilities"]
+            devs = {r.id: device_of(r) for r in conn.execute(sa.select(*cols).order_by(devices.c.id))}
             deps = {r.name: deployment_of(r) for r in conn.execute(sa.select(deployments).order_by(deployments.c.name))}
             active = [rollout_of(r) for r in conn.execute(
                 sa.select(rollouts).where(rollouts.c.state.in_(ACTIVE_ROLLOUT_STATES)).order_by(rollouts.c.id))]
