@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from edgectl.errors import UserError
+from edgectl.tomlfile import read_toml
 from edgectl.wire import valid_name
 
 
@@ -194,12 +193,5 @@ def parse_config(raw: dict[str, Any], base: Path) -> AgentConfig:
 
 
 def load_config(path: Path) -> AgentConfig:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"agent config {path} does not exist: write one (see edge_agent/README.md)") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read agent config {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"agent config {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, "agent config", "edge_agent/README.md", ConfigError)
     return parse_config(raw, path.parent.resolve())

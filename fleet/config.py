@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from edgectl.errors import UserError
+from edgectl.tomlfile import read_toml
 from fleet.scheduler import DEFAULTS, SchedulerConfig
 
 
@@ -145,12 +144,5 @@ def parse_fleet_config(raw: dict[str, Any], base: Path) -> FleetConfig:
 
 
 def load_fleet_config(path: Path) -> FleetConfig:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise FleetConfigError(f"fleet config {path} does not exist: write one (see fleet/config.py)") from exc
-    except OSError as exc:
-        raise FleetConfigError(f"cannot read fleet config {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise FleetConfigError(f"fleet config {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, "fleet config", "fleet/config.py", FleetConfigError)
     return parse_fleet_config(raw, path.parent.resolve())
