@@ -136,15 +136,18 @@ def test_broker_stopped_mid_transfer_the_install_resumes(controller, agent, digi
 def test_damaged_staged_and_partial_files_are_not_trusted(controller, agent, digits_artifacts) -> None:
     a = digits_artifacts
     ref = controller.publish(a.folder(X86))
-    _slow(controller, 0.05)
+    _slow(controller, 0.2)  # ~7 chunks of the int8 model: well over a second, so the kill lands mid-transfer
     agent.start()
     int8 = a.variant(X86, "int8")["file"]
     controller.desire(deployment("digits", ref, int8))
     controller.wait_for("digits", "downloading")
     time.sleep(0.5)
     agent.kill9()
+    assert "serving" not in controller.trail("digits")
+    parts = list((agent.data_dir / "partial").glob("*.part"))
+    assert parts  # killed mid-transfer: a partial download is there to damage
     # Damage everything a crash could have left behind: the partial download and any staging.
-    for part in (agent.data_dir / "partial").glob("*.part"):
+    for part in parts:
         part.write_bytes(b"\xff" * part.stat().st_size)
     stray = agent.data_dir / "staging" / "leftover.x"
     stray.mkdir(parents=True)
