@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from edgectl.errors import UserError
-from edgectl.tomlfile import read_toml
+from edgectl.tomlfile import config_path, read_toml
 from edgectl.wire import valid_name
 
 
@@ -92,10 +92,7 @@ _TOP = {"device_id", "data_dir", "memory_budget_mb", "telemetry_interval_s", "tr
 
 
 def _path(base: Path, value: Any, key: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"config: {key} must be a path string")
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (base / p)
+    return config_path(base, value, key, "config", ConfigError)
 
 
 def _number(value: Any, key: str, *, minimum: float) -> float:

@@ -140,8 +140,7 @@ class Agent:
             self.dropped_messages += 1
             log.warning("desired state dropped: %s", exc)
             return
-        if self.reconciler.set_desired(desired):
-            self.reconciler.wake.set()
+        self.reconciler.set_desired(desired)  # wakes the reconcile thread when it is news
 
     def _on_infer(self, msg: Message) -> None:
         parts = msg.topic.split("/")
@@ -165,8 +164,7 @@ class Agent:
     def _report(self, deployment: str, state: str, manifest_sha: str | None, reason: str | None) -> None:
         log.info("%s %s %s%s", deployment, state, (manifest_sha or "")[:12], f": {reason}" if reason else "")
         body = wire.report_message(self.device_id, deployment, state, manifest_sha256=manifest_sha,
-                                   generation=self.reconciler.applied_generation if hasattr(self, "reconciler")
-                                   else -1, reason=reason, ts=time.time())
+                                   generation=self.reconciler.applied_generation, reason=reason, ts=time.time())
         with self._pending_lock:
             self._pending.append(body)
         self._flush_reports()

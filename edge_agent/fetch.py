@@ -28,7 +28,7 @@ from pathlib import Path
 from edge_agent.config import FetchConfig
 from edgectl import wire
 from edgectl.errors import EdgectlError
-from edgectl.transport.base import Message, Transport, TransportError, TransportOffline
+from edgectl.transport.base import Message, Transport, TransportError
 
 log = logging.getLogger(__name__)
 MAX_ARTIFACT_BYTES = 4 << 30
@@ -277,11 +277,4 @@ class _Transfer:
         self.size = size
 
 
-def discard_partial(fetcher: ChunkFetcher, keep: set[str]) -> None:
-    """Remove partial downloads no longer wanted."""
-    for part in fetcher.partial_dir.glob("*.part"):
-        if part.stem not in keep:
-            part.unlink(missing_ok=True)
-
-
-__all__ = ["ChunkFetcher", "FetchCancelled", "FetchError", "FetchStats", "TransportOffline", "discard_partial"]
+__all__ = ["ChunkFetcher", "FetchCancelled", "FetchError", "FetchStats"]

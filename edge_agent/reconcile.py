@@ -217,7 +217,7 @@ class Reconciler:
                                  max_bytes=dep.manifest_size)
             raw = (staging / MANIFEST_NAME).read_bytes()
             manifest = check_manifest(raw, dep.manifest_sha256, self.d.trusted, allow_unsigned=self.d.allow_unsigned)
-            check_fit(manifest, dep.variant, self.d.caps)  # before spending bandwidth on the model
+            entry = check_fit(manifest, dep.variant, self.d.caps)  # before spending bandwidth on the model
             for f in (dep.variant, SELFTEST_FILE):
                 self.d.fetcher.fetch(manifest["files"][f], staging / f, cancel=self._cancel)
             report(dep.name, "verifying", dep.manifest_sha256, None)
@@ -225,8 +225,9 @@ class Reconciler:
                 check_file(staging / f, manifest["files"][f])
             report(dep.name, "installing", dep.manifest_sha256, None)
             path = self.d.store.commit(staging, want)
-        manifest = parse_manifest((path / MANIFEST_NAME).read_bytes(), f"installed manifest of {dep.name}")
-        entry = check_fit(manifest, dep.variant, self.d.caps)
+        else:  # installed earlier (its signature was checked then): read it back from disk
+            manifest = parse_manifest((path / MANIFEST_NAME).read_bytes(), f"installed manifest of {dep.name}")
+            entry = check_fit(manifest, dep.variant, self.d.caps)
         runtime = str(entry["runtime"])
         probe = self.d.probe(path / dep.variant, runtime, path / SELFTEST_FILE, str(entry.get("variant")),
                              float(entry.get("selftest_atol", 1e-3)))

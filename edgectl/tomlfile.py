@@ -10,6 +10,15 @@ import tomllib
 from edgectl.errors import UserError
 
 
+def config_path(base: Path, value: Any, key: str, what: str, error: type[UserError] = UserError) -> Path:
+    """A path from a config file: ``~`` expanded, relative ones resolved against ``base`` (the
+    config file's folder), so a config means the same wherever the command runs."""
+    if not isinstance(value, str) or not value:
+        raise error(f"{what}: {key} must be a path string")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
 def read_toml(path: Path, what: str, hint: str, error: type[UserError] = UserError) -> dict[str, Any]:
     """``what`` names the file in messages ("agent config"); ``hint`` says where its format is."""
     try:

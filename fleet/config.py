@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgectl.errors import UserError
-from edgectl.tomlfile import read_toml
+from edgectl.tomlfile import config_path, read_toml
 from fleet.scheduler import DEFAULTS, SchedulerConfig
 
 
@@ -67,10 +67,7 @@ _TOP = {"broker_url", "store_url", "artifact_dir", "trusted_keys", "http_host", 
 
 
 def _path(base: Path, value: Any, key: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise FleetConfigError(f"fleet config: {key} must be a path string")
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
+    return config_path(base, value, key, "fleet config", FleetConfigError)
 
 
 def _num(raw: dict[str, Any], key: str, default: float, *, minimum: float = 0.0) -> float:
