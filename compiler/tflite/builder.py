@@ -19,7 +19,12 @@ import flatbuffers
 import numpy as np
 import tflite
 
-_TENSOR_TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32, np.dtype(np.int32): tflite.TensorType.INT32}
+_TENSOR_TYPES = {
+    np.dtype(np.float32): tflite.TensorType.FLOAT32,
+    np.dtype(np.float16): tflite.TensorType.FLOAT16,
+    np.dtype(np.int32): tflite.TensorType.INT32,
+    np.dtype(np.int8): tflite.TensorType.INT8,
+}
 # TFLite reads constant buffers in place; 16 bytes is what its own converter aligns to.
 _BUFFER_ALIGNMENT = 16
 _SCHEMA_VERSION = 3
@@ -42,6 +47,16 @@ class Operator:
     inputs: list[int]
     outputs: list[int]
     options: Options | None = None
+    node: str | None = None  # the ONNX node it was lowered from (read by the int8 pass)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """TFLite's affine parameters: real = scale · (q - zero_point), per tensor or along ``axis``."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int = 0
 
 
 @dataclass
@@ -51,6 +66,8 @@ class Tensor:
     dtype: np.dtype
     buffer: int
     signature: tuple[int, ...] | None  # shape with -1 for a dynamic batch, None when static
+    source: str | None = None  # the ONNX value it holds (any layout), when it holds one exactly
+    quantization: Quantization | None = None
 
 
 class TfliteBuilder:
@@ -82,6 +99,16 @@ class TfliteBuilder:
     def add_constant(self, name: str, data: np.ndarray) -> int:
         return self.add_tensor(name, data.shape, data.dtype, data)
 
+    def is_constant(self, tensor: int) -> bool:
+        return self.tensors[tensor].buffer != 0
+
+    def replace_constant(self, tensor: int, data: np.ndarray) -> None:
+        """Give constant ``tensor`` new data of the same shape and (possibly) another dtype."""
+        t = self.tensors[tensor]
+        assert t.buffer != 0 and tuple(data.shape) == t.shape, f"{t.name} is not a constant of shape {data.shape}"
+        t.dtype = np.dtype(data.dtype)
+        self._buffers[t.buffer] = np.ascontiguousarray(data).tobytes()
+
     def constant_data(self, tensor: int) -> np.ndarray:
         """A copy of the data of constant ``tensor``."""
         t = self.tensors[tensor]
@@ -96,10 +123,36 @@ class TfliteBuilder:
     def add_operator(
         self, opcode: int, inputs: list[int], outputs: list[int], options: Options | None = None
     ) -> Operator:
-        self._opcodes.setdefault(opcode, len(self._opcodes))
-        op = Operator(opcode, list(inputs), list(outputs), options)
+        op = self.make_operator(opcode, inputs, outputs, options)
         self.operators.append(op)
         return op
+
+    def make_operator(
+        self, opcode: int, inputs: list[int], outputs: list[int], options: Options | None = None
+    ) -> Operator:
+        """An operator for a pass that rebuilds ``operators`` itself (not appended)."""
+        self._opcodes.setdefault(opcode, len(self._opcodes))
+        return Operator(opcode, list(inputs), list(outputs), options)
+
+    def prune(self, inputs: list[int], outputs: list[int]) -> tuple[list[int], list[int]]:
+        """Drop tensors (and their buffers) no operator or graph edge uses; returns the remapped edges."""
+        used = {t for op in self.operators for t in (*op.inputs, *op.outputs) if t >= 0} | set(inputs) | set(outputs)
+        keep = [i for i in range(len(self.tensors)) if i in used]
+        index = {old: new for new, old in enumerate(keep)}
+        buffers: list[bytes] = [b""]
+        for i in keep:
+            t = self.tensors[i]
+            if t.buffer != 0:
+                buffers.append(self._buffers[t.buffer])
+                t.buffer = len(buffers) - 1
+        self._buffers = buffers
+        self.tensors = [self.tensors[i] for i in keep]
+        for op in self.operators:
+            op.inputs = [index[t] if t >= 0 else t for t in op.inputs]
+            op.outputs = [index[t] for t in op.outputs]
+        used_codes = [code for code in self._opcodes if any(op.opcode == code for op in self.operators)]
+        self._opcodes = {code: i for i, code in enumerate(used_codes)}
+        return [index[t] for t in inputs], [index[t] for t in outputs]
 
     def serialize(self, inputs: list[int], outputs: list[int], description: str = "edgectl") -> bytes:
         b = flatbuffers.Builder(1024)
@@ -155,10 +208,21 @@ def _buffer(b: flatbuffers.Builder, data: bytes) -> int:
     return int(tflite.BufferEnd(b))
 
 
+def _quantization(b: flatbuffers.Builder, q: Quantization) -> int:
+    scale = b.CreateNumpyVector(np.asarray(q.scale, dtype=np.float32))
+    zero_point = b.CreateNumpyVector(np.asarray(q.zero_point, dtype=np.int64))
+    tflite.QuantizationParametersStart(b)
+    tflite.QuantizationParametersAddScale(b, scale)
+    tflite.QuantizationParametersAddZeroPoint(b, zero_point)
+    tflite.QuantizationParametersAddQuantizedDimension(b, q.axis)
+    return int(tflite.QuantizationParametersEnd(b))
+
+
 def _tensor(b: flatbuffers.Builder, t: Tensor) -> int:
     name = b.CreateString(t.name)
     shape = _ints(b, t.shape)
     signature = _ints(b, t.signature) if t.signature is not None else None
+    quantization = _quantization(b, t.quantization) if t.quantization is not None else None
     tflite.TensorStart(b)
     tflite.TensorAddShape(b, shape)
     tflite.TensorAddType(b, _TENSOR_TYPES[t.dtype])
@@ -166,6 +230,8 @@ def _tensor(b: flatbuffers.Builder, t: Tensor) -> int:
     tflite.TensorAddName(b, name)
     if signature is not None:
         tflite.TensorAddShapeSignature(b, signature)
+    if quantization is not None:
+        tflite.TensorAddQuantization(b, quantization)
     return int(tflite.TensorEnd(b))
 
 

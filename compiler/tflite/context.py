@@ -61,6 +61,7 @@ class LoweringContext:
         self.dynamic_batch: set[str] = set()
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._views: dict[tuple[str, bool], int] = {}
+        self.node: str | None = None  # the node being lowered; stamped on what ``emit`` adds
         for info in [*graph.input, *graph.value_info, *graph.output]:
             self._record_shape(info)
 
@@ -113,6 +114,7 @@ class LoweringContext:
 
     def add_input(self, name: str, shape: tuple[int, ...]) -> int:
         tensor = self.builder.add_tensor(name, shape, np.float32, dynamic_batch=name in self.dynamic_batch)
+        self.builder.tensors[tensor].source = name
         self.values[name] = Value(tensor, shape, nhwc=False)
         return tensor
 
@@ -126,6 +128,7 @@ class LoweringContext:
             if nhwc:
                 data = data.reshape((1,) * (4 - data.ndim) + data.shape).transpose(TO_NHWC)
             view = self.builder.add_constant(name + ("_nhwc" if nhwc else ""), np.ascontiguousarray(data))
+            self.builder.tensors[view].source = name
         else:
             value = self.values[name]
             if value.nhwc == nhwc:
@@ -147,6 +150,7 @@ class LoweringContext:
         if node.input and node.input[0] in self.dynamic_batch:
             self.dynamic_batch.add(name)
         tensor = self.new_tensor(name + ("_nhwc" if nhwc else ""), shape, nhwc=nhwc, like=name)
+        self.builder.tensors[tensor].source = name
         self.values[name] = Value(tensor, shape, nhwc)
         return tensor
 
@@ -164,6 +168,7 @@ class LoweringContext:
         self.alias(dst, src)
         value = self.values[dst]
         self.builder.tensors[value.tensor].name = dst + ("_nhwc" if value.nhwc else "")
+        self.builder.tensors[value.tensor].source = dst
 
     def int32(self, values: npt.ArrayLike) -> int:
         data = np.asarray(values, dtype=np.int32)
@@ -176,6 +181,7 @@ class LoweringContext:
 
     def emit(self, opcode: int, inputs: list[int], outputs: list[int], options: Options | None = None) -> Operator:
         op = self.builder.add_operator(opcode, inputs, outputs, options)
+        op.node = self.node
         for value in self.values.values():
             if value.tensor in outputs:
                 value.producer = op

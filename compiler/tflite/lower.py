@@ -7,17 +7,38 @@ import onnx
 import compiler.tflite.ops  # noqa: F401  (registers the lowerings)
 from compiler.tflite.context import LoweringContext
 from compiler.tflite.errors import TfliteLoweringError
+from compiler.tflite.fp16 import fp16_weights
+from compiler.tflite.int8 import IO_TYPES, quantize_builder
+from compiler.tflite.qdq import is_qdq, strip_qdq
 from compiler.tflite.registry import resolve
 
+PRECISIONS = ("fp32", "fp16", "int8")
 
-def lower_to_tflite(model: onnx.ModelProto) -> bytes:
-    """Lower an fp32 ONNX model to the bytes of a ``.tflite`` flatbuffer.
+
+def lower_to_tflite(model: onnx.ModelProto, *, precision: str = "fp32", io: str = "float") -> bytes:
+    """Lower an ONNX model to the bytes of a ``.tflite`` flatbuffer.
 
         data = lower_to_tflite(onnx.load("digits_cnn.onnx"))
+        data = lower_to_tflite(onnx.load("digits_cnn.int8.onnx"), precision="int8")  # the QDQ graph
         Interpreter(model_content=data)
 
+    ``fp32`` and ``fp16`` (float16 weights, float32 compute) lower a float graph; ``int8`` lowers
+    onnxruntime's calibrated QDQ graph with its scales and zero points. ``io`` is the type of an
+    int8 model's inputs and outputs: ``float`` (QUANTIZE / DEQUANTIZE inside) or ``int8``.
     Inputs and outputs keep their ONNX names, shapes and (NCHW) layout.
     """
+    if precision not in PRECISIONS:
+        raise TfliteLoweringError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if io not in IO_TYPES:
+        raise TfliteLoweringError(f"io {io!r}: choose one of {', '.join(IO_TYPES)}")
+    qdq = is_qdq(model)
+    if precision == "int8" and not qdq:
+        raise TfliteLoweringError("int8 lowers a calibrated QDQ graph (QuantizeLinear/DequantizeLinear); got none")
+    if precision != "int8" and qdq:
+        raise TfliteLoweringError(f"{precision} lowers a float graph; this one has QuantizeLinear/DequantizeLinear")
+    plan = None
+    if qdq:
+        model, plan = strip_qdq(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise TfliteLoweringError("the model imports no default-domain opset; is it an ONNX model?")
@@ -38,9 +59,21 @@ def lower_to_tflite(model: onnx.ModelProto) -> bytes:
             raise TfliteLoweringError(f"input '{info.name}' needs a static shape (only the batch may be dynamic)")
         inputs.append(ctx.add_input(info.name, ctx.shape(info.name)))
     for node in graph.node:
+        ctx.node = _key(node)
         resolve(node, opset)(ctx, node)
     outputs = [_output(ctx, info.name) for info in graph.output]
+    if plan is not None:
+        nodes = {_key(node): node for node in graph.node}
+        inputs, outputs = quantize_builder(ctx.builder, plan, nodes, inputs, outputs, io)
+    elif precision == "fp16":
+        fp16_weights(ctx.builder)
+    if precision != "fp32":
+        inputs, outputs = ctx.builder.prune(inputs, outputs)
     return ctx.builder.serialize(inputs, outputs)
+
+
+def _key(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
 
 
 def _output(ctx: LoweringContext, name: str) -> int:

@@ -1,0 +1,291 @@
+"""The int8 pass: turn the float subgraph lowered from a stripped QDQ graph into TFLite int8.
+
+    builder (float ops, each tensor knows its ONNX value) + QuantPlan (onnxruntime's parameters)
+        │  walk the operators in order
+        ├─ op with an int8 kernel, every input/output quantized ─► int8 op
+        │     CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED: int8 weights (the QDQ initializer's
+        │     integers, per channel along TFLite's output-channel axis), int32 bias at in_s·w_s[c]
+        │     SAME_PARAMS ops (pool, reshape, transpose, pad, slice, …): output takes the input's
+        │     parameters; where onnxruntime gave it others, a QUANTIZE (requantize) follows
+        │     ALL_SAME ops (concat, min, max): inputs requantized to the output's parameters
+        │     FIXED ops (softmax, logistic, tanh): the spec's output parameters, then requantize
+        └─ anything else (a node the fidelity fallback kept in fp32, an op without an int8
+           kernel): DEQUANTIZE → float op → QUANTIZE island
+    model inputs/outputs: float with QUANTIZE / DEQUANTIZE at the edges, or int8 (``io="int8"``)
+
+Parameter rules are TFLite's quantization spec (tensorflow.org/lite/performance/quantization_spec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import tflite
+
+from compiler.tflite.builder import Operator, Quantization, TfliteBuilder
+from compiler.tflite.errors import TfliteLoweringError
+from compiler.tflite.qdq import QuantPlan, WeightParams
+
+_OP = tflite.BuiltinOperator
+IO_TYPES = ("float", "int8")
+
+# Output must carry input 0's parameters (the kernel moves or picks int8 values, it never rescales).
+SAME_PARAMS = frozenset({
+    _OP.RESHAPE, _OP.TRANSPOSE, _OP.PAD, _OP.PADV2, _OP.MAX_POOL_2D, _OP.AVERAGE_POOL_2D, _OP.STRIDED_SLICE,
+    _OP.SPLIT_V, _OP.RESIZE_BILINEAR, _OP.RESIZE_NEAREST_NEIGHBOR,
+})
+# Every input and the output share one set of parameters.
+ALL_SAME = frozenset({_OP.CONCATENATION, _OP.MINIMUM, _OP.MAXIMUM})
+# The spec fixes the output parameters.
+FIXED = {
+    _OP.SOFTMAX: Quantization((1 / 256,), (-128,)),
+    _OP.LOGISTIC: Quantization((1 / 256,), (-128,)),
+    _OP.TANH: Quantization((1 / 128,), (0,)),
+}
+# Requantize freely between input and output parameters.
+FREE = frozenset({
+    _OP.ADD, _OP.SUB, _OP.MUL, _OP.MEAN, _OP.RELU, _OP.RELU6, _OP.RELU_N1_TO_1, _OP.LEAKY_RELU, _OP.HARD_SWISH,
+})
+WEIGHTED = frozenset({_OP.CONV_2D, _OP.DEPTHWISE_CONV_2D, _OP.FULLY_CONNECTED})
+INT8_OPS = SAME_PARAMS | ALL_SAME | set(FIXED) | FREE | WEIGHTED
+# Where each weighted op keeps its output channels (TFLite's quantized_dimension).
+_CHANNEL_AXIS = {_OP.CONV_2D: 0, _OP.DEPTHWISE_CONV_2D: 3, _OP.FULLY_CONNECTED: 0}
+
+
+def per_tensor(scale: float, zero_point: int) -> Quantization:
+    return Quantization((float(np.float32(scale)),), (int(zero_point),))
+
+
+@dataclass
+class _Pass:
+    builder: TfliteBuilder
+    plan: QuantPlan
+    nodes: dict[str, onnx.NodeProto]
+    params: dict[int, Quantization]  # activation tensor → the int8 parameters it will carry
+    ops: list[Operator]
+    dequantized: dict[int, int]  # int8 tensor → its float view (DEQUANTIZE), shared by float ops
+    converted: dict[tuple[int, Quantization], int]  # float constant → its int8 copy
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def emit(self, opcode: int, inputs: list[int], outputs: list[int]) -> None:
+        self.ops.append(self.builder.make_operator(opcode, inputs, outputs))
+
+    def like(self, tensor: int, suffix: str, dtype: type, q: Quantization | None = None) -> int:
+        """A new activation tensor shaped like ``tensor``."""
+        t = self.builder.tensors[tensor]
+        new = self.builder.add_tensor(f"{t.name}_{suffix}", t.shape, dtype)
+        self.builder.tensors[new].signature = t.signature
+        if q is not None:
+            self.params[new] = q
+        return new
+
+    def is_activation(self, tensor: int) -> bool:
+        t = self.builder.tensors[tensor]
+        return not self.builder.is_constant(tensor) and t.dtype == np.float32
+
+    def float_constant(self, tensor: int) -> bool:
+        t = self.builder.tensors[tensor]
+        return self.builder.is_constant(tensor) and t.dtype == np.float32
+
+    def weight_params(self, tensor: int) -> WeightParams | None:
+        source = self.builder.tensors[tensor].source
+        return self.plan.weights.get(source) if source is not None else None
+
+    def requantize(self, tensor: int, q: Quantization) -> int:
+        """``tensor`` (int8) with parameters ``q``: itself, or a QUANTIZE into a new tensor."""
+        if self.params[tensor] == q:
+            return tensor
+        out = self.like(tensor, "requantized", np.int8, q)
+        self.emit(_OP.QUANTIZE, [tensor], [out])
+        return out
+
+    def constant_int8(self, tensor: int, q: Quantization) -> int:
+        """An int8 copy of float constant ``tensor`` quantized with ``q`` (per tensor)."""
+        key = (tensor, q)
+        if key not in self.converted:
+            data = self.builder.constant_data(tensor)
+            t = self.builder.tensors[tensor]
+            quantized = np.clip(np.round(data / np.float32(q.scale[0])) + q.zero_point[0], -128, 127)
+            new = self.builder.add_constant(f"{t.name}_int8", quantized.astype(np.int8))
+            self.builder.tensors[new].quantization = q
+            self.converted[key] = new
+        return self.converted[key]
+
+    # ---- classification ----------------------------------------------------------------------
+
+    def int8_reason(self, op: Operator) -> str | None:
+        """Why ``op`` must run in float (None when it can run in int8)."""
+        if op.opcode not in INT8_OPS:
+            return "no int8 kernel is used for it"
+        for i, tensor in enumerate(op.inputs):
+            if tensor < 0:
+                continue
+            if self.is_activation(tensor) and tensor not in self.params:
+                return f"input {i} is not quantized in the QDQ graph"
+            if self.float_constant(tensor) and not self._constant_ok(op, i, tensor):
+                return f"constant input {i} has no per-tensor parameters in the QDQ graph"
+        if op.opcode not in SAME_PARAMS and any(out not in self.params for out in op.outputs):
+            return "its output is not quantized in the QDQ graph"
+        return None
+
+    def _constant_ok(self, op: Operator, index: int, tensor: int) -> bool:
+        if op.opcode in WEIGHTED:
+            return index == 2 or self._weight(op) is not None
+        if op.opcode == _OP.PADV2 or op.opcode in ALL_SAME:
+            return True  # the fill value / the shared parameters quantize it
+        w = self.weight_params(tensor)
+        return w is not None and w.axis is None
+
+    def _weight(self, op: Operator) -> WeightParams | None:
+        node = self.nodes.get(op.node or "")
+        return self.plan.weights.get(node.input[1]) if node is not None and len(node.input) > 1 else None
+
+    # ---- lowering one operator ---------------------------------------------------------------
+
+    def visit(self, op: Operator) -> None:
+        reason = self.int8_reason(op)
+        if reason is None:
+            self.int8_op(op)
+        else:
+            self.float_op(op)
+
+    def float_op(self, op: Operator) -> None:
+        for i, tensor in enumerate(op.inputs):
+            if tensor >= 0 and tensor in self.params:
+                if tensor not in self.dequantized:
+                    view = self.like(tensor, "dequantized", np.float32)
+                    self.emit(_OP.DEQUANTIZE, [tensor], [view])
+                    self.dequantized[tensor] = view
+                op.inputs[i] = self.dequantized[tensor]
+        after: list[tuple[int, int]] = []
+        for i, tensor in enumerate(op.outputs):
+            if tensor in self.params:
+                temp = self.like(tensor, "float", np.float32)
+                op.outputs[i] = temp
+                after.append((temp, tensor))
+        self.ops.append(op)
+        for temp, tensor in after:
+            self.emit(_OP.QUANTIZE, [temp], [tensor])
+
+    def int8_op(self, op: Operator) -> None:
+        b = self.builder
+        if op.opcode in WEIGHTED:
+            self._weighted(op)
+        elif op.opcode in ALL_SAME:
+            q = self.params[op.outputs[0]]
+            for i, tensor in enumerate(op.inputs):
+                if tensor >= 0 and b.is_constant(tensor) and b.tensors[tensor].dtype == np.float32:
+                    op.inputs[i] = self.constant_int8(tensor, q)
+                elif tensor >= 0 and tensor in self.params:
+                    op.inputs[i] = self.requantize(tensor, q)
+        else:
+            for i, tensor in enumerate(op.inputs):
+                if tensor < 0 or not self.float_constant(tensor):
+                    continue
+                if op.opcode == _OP.PADV2:  # the fill value, in the input's parameters
+                    op.inputs[i] = self.constant_int8(tensor, self.params[op.inputs[0]])
+                else:
+                    w = self.weight_params(tensor)
+                    assert w is not None
+                    op.inputs[i] = self.constant_int8(tensor, per_tensor(float(w.scale), int(w.zero_point)))
+        after: list[tuple[int, int]] = []
+        for i, tensor in enumerate(op.outputs):
+            want = self._output_params(op)
+            if want is None:
+                continue
+            if tensor not in self.params:
+                self.params[tensor] = want
+            elif self.params[tensor] != want:
+                temp = self.like(tensor, "unscaled", np.int8, want)
+                op.outputs[i] = temp
+                after.append((temp, tensor))
+        self.ops.append(op)
+        for temp, tensor in after:
+            self.emit(_OP.QUANTIZE, [temp], [tensor])
+
+    def _output_params(self, op: Operator) -> Quantization | None:
+        if op.opcode in SAME_PARAMS:
+            return self.params[op.inputs[0]]
+        return FIXED.get(op.opcode)
+
+    def _weighted(self, op: Operator) -> None:
+        b = self.builder
+        w = self._weight(op)
+        assert w is not None
+        x, weight, bias = op.inputs
+        axis = _CHANNEL_AXIS[op.opcode]
+        data = b.constant_data(weight)
+        scale = np.broadcast_to(w.scale.astype(np.float32), (data.shape[axis],)) if w.axis is not None else (
+            w.scale.reshape(1).astype(np.float32))
+        if np.any(w.zero_point != 0):
+            raise TfliteLoweringError(f"'{op.node}': TFLite int8 weights are symmetric, the QDQ graph has zero points")
+        shape = [1] * data.ndim
+        shape[axis] = -1
+        q = np.round(data / (scale.reshape(shape) if w.axis is not None else scale[0]))
+        if not np.array_equal(q * (scale.reshape(shape) if w.axis is not None else scale[0]), data):
+            raise TfliteLoweringError(
+                f"'{op.node}': the lowered weights are not the QDQ integers times their scales (a folded constant?)"
+            )
+        b.replace_constant(weight, np.clip(q, -127, 127).astype(np.int8))
+        b.tensors[weight].quantization = Quantization(
+            tuple(float(s) for s in scale), (0,) * scale.size, axis if w.axis is not None else 0
+        )
+        in_scale = np.float32(self.params[x].scale[0])
+        bias_scale = (in_scale * scale).astype(np.float32)
+        if bias >= 0:
+            bias_data = b.constant_data(bias)
+            b.replace_constant(bias, np.round(bias_data / bias_scale).astype(np.int32))
+        else:  # TFLite's int8 kernels accept no bias; keep the slot empty
+            return
+        b.tensors[bias].quantization = Quantization(
+            tuple(float(s) for s in bias_scale), (0,) * bias_scale.size, 0
+        )
+
+
+def quantize_builder(
+    builder: TfliteBuilder,
+    plan: QuantPlan,
+    nodes: dict[str, onnx.NodeProto],
+    inputs: list[int],
+    outputs: list[int],
+    io: str = "float",
+) -> tuple[list[int], list[int]]:
+    """Rewrite ``builder`` to int8 in place; returns the (possibly new) graph inputs and outputs."""
+    if io not in IO_TYPES:
+        raise TfliteLoweringError(f"io={io!r}: choose one of {', '.join(IO_TYPES)}")
+    params = {
+        i: per_tensor(plan.activations[t.source].scale, plan.activations[t.source].zero_point)
+        for i, t in enumerate(builder.tensors)
+        if t.source in plan.activations and builder.tensors[i].buffer == 0 and t.dtype == np.float32
+    }
+    p = _Pass(builder, plan, nodes, params, [], {}, {})
+    new_inputs = []
+    for tensor in inputs:
+        if tensor in params and io == "float":
+            outer = p.like(tensor, "float", np.float32)
+            builder.tensors[outer].name = builder.tensors[tensor].name
+            builder.tensors[tensor].name += "_int8"
+            p.emit(_OP.QUANTIZE, [outer], [tensor])
+            new_inputs.append(outer)
+        else:
+            new_inputs.append(tensor)
+    for op in list(builder.operators):
+        p.visit(op)
+    new_outputs = []
+    for tensor in outputs:
+        if tensor in p.params and io == "float":
+            outer = p.like(tensor, "float", np.float32)
+            builder.tensors[outer].name = builder.tensors[tensor].name
+            builder.tensors[tensor].name += "_int8"
+            p.emit(_OP.DEQUANTIZE, [tensor], [outer])
+            new_outputs.append(outer)
+        else:
+            new_outputs.append(tensor)
+    for tensor, q in p.params.items():
+        builder.tensors[tensor].dtype = np.dtype(np.int8)
+        builder.tensors[tensor].quantization = q
+    builder.operators = p.ops
+    return new_inputs, new_outputs
