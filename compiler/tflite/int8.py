@@ -108,7 +108,10 @@ class _Pass:
         if key not in self.converted:
             data = self.builder.constant_data(tensor)
             t = self.builder.tensors[tensor]
-            quantized = np.clip(np.round(data / np.float32(q.scale[0])) + q.zero_point[0], -128, 127)
+            scale = np.float32(q.scale[0])
+            # Clip first: a fill such as the lowest float would overflow the division.
+            data = np.clip(data, -256 * scale, 256 * scale)
+            quantized = np.clip(np.round(data / scale) + q.zero_point[0], -128, 127)
             new = self.builder.add_constant(f"{t.name}_int8", quantized.astype(np.int8))
             self.builder.tensors[new].quantization = q
             self.converted[key] = new
@@ -135,7 +138,7 @@ class _Pass:
         if op.opcode in WEIGHTED:
             return index == 2 or self._weight(op) is not None
         if op.opcode == _OP.PADV2 or op.opcode in ALL_SAME:
-            return True  # the fill value / the shared parameters quantize it
+            return True  # quantized with the parameters the op shares
         w = self.weight_params(tensor)
         return w is not None and w.axis is None
 
@@ -174,8 +177,9 @@ class _Pass:
         b = self.builder
         if op.opcode in WEIGHTED:
             self._weighted(op)
-        elif op.opcode in ALL_SAME:
-            q = self.params[op.outputs[0]]
+        elif op.opcode in ALL_SAME or op.opcode == _OP.PADV2:
+            # A PADV2 fill outside the input's range (Pad's constant_value) needs the output's.
+            q = self.params.get(op.outputs[0], self.params[op.inputs[0]])
             for i, tensor in enumerate(op.inputs):
                 if tensor >= 0 and b.is_constant(tensor) and b.tensors[tensor].dtype == np.float32:
                     op.inputs[i] = self.constant_int8(tensor, q)
@@ -185,12 +189,9 @@ class _Pass:
             for i, tensor in enumerate(op.inputs):
                 if tensor < 0 or not self.float_constant(tensor):
                     continue
-                if op.opcode == _OP.PADV2:  # the fill value, in the input's parameters
-                    op.inputs[i] = self.constant_int8(tensor, self.params[op.inputs[0]])
-                else:
-                    w = self.weight_params(tensor)
-                    assert w is not None
-                    op.inputs[i] = self.constant_int8(tensor, per_tensor(float(w.scale), int(w.zero_point)))
+                w = self.weight_params(tensor)
+                assert w is not None
+                op.inputs[i] = self.constant_int8(tensor, per_tensor(float(w.scale), int(w.zero_point)))
         after: list[tuple[int, int]] = []
         for i, tensor in enumerate(op.outputs):
             want = self._output_params(op)
@@ -222,12 +223,20 @@ class _Pass:
             w.scale.reshape(1).astype(np.float32))
         if np.any(w.zero_point != 0):
             raise TfliteLoweringError(f"'{op.node}': TFLite int8 weights are symmetric, the QDQ graph has zero points")
+        node = self.nodes[op.node or ""]
+        if node.op_type == "Gemm":  # alpha scales the weights: it scales their int8 scales instead
+            alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+            scale = (scale * np.float32(alpha)).astype(np.float32)
         shape = [1] * data.ndim
         shape[axis] = -1
-        q = np.round(data / (scale.reshape(shape) if w.axis is not None else scale[0]))
-        if not np.array_equal(q * (scale.reshape(shape) if w.axis is not None else scale[0]), data):
+        per = scale.reshape(shape) if w.axis is not None else scale[0]
+        q = np.round(data / per)
+        # The integers are onnxruntime's exactly when the lowering only moved them (transpose);
+        # alpha may leave one rounding of float32 between q·s·alpha and q·(s·alpha).
+        if np.abs(q * per - data).max(initial=0) > 1e-6 * np.abs(data).max(initial=0):
             raise TfliteLoweringError(
-                f"'{op.node}': the lowered weights are not the QDQ integers times their scales (a folded constant?)"
+                f"'{op.node}': the lowering changed the quantized weights (a BatchNormalization folded into "
+                "the conv?); fold it before quantizing, as compile's prepare step does"
             )
         b.replace_constant(weight, np.clip(q, -127, 127).astype(np.int8))
         b.tensors[weight].quantization = Quantization(

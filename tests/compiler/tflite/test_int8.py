@@ -1,0 +1,159 @@
+"""What the int8 and fp16 passes write: onnxruntime's integers and parameters, TFLite's layout rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tflite
+from onnx import helper, numpy_helper
+
+from compiler.tflite import TfliteLoweringError, lower_to_tflite
+from tests.compiler.tflite.cases import Case, all_cases
+from tests.compiler.tflite.quantized import output_scales, qdq_model
+from tests.compiler.tflite.runners import run_litert, run_onnxruntime
+
+_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _case(name: str) -> Case:
+    return next(case for case in all_cases() if case.name == name)
+
+
+def _tensors(data: bytes) -> dict[str, tuple[np.ndarray | None, tflite.Tensor]]:
+    model = tflite.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    out = {}
+    dtypes = {tflite.TensorType.INT8: np.int8, tflite.TensorType.INT32: np.int32,
+              tflite.TensorType.FLOAT32: np.float32, tflite.TensorType.FLOAT16: np.float16}
+    for i in range(graph.TensorsLength()):
+        t = graph.Tensors(i)
+        buf = model.Buffers(t.Buffer())
+        value = None
+        if buf.DataLength():
+            value = np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=dtypes[t.Type()]).reshape(t.ShapeAsNumpy())
+        out[t.Name().decode()] = (value, t)
+    return out
+
+
+def _opcodes(data: bytes) -> list[str]:
+    model = tflite.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    codes = [model.OperatorCodes(i).BuiltinCode() for i in range(model.OperatorCodesLength())]
+    return [_NAMES[codes[graph.Operators(i).OpcodeIndex()]] for i in range(graph.OperatorsLength())]
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_depthwise_weights_are_onnxruntimes_integers_per_channel_on_axis_3() -> None:
+    qdq = qdq_model(_case("conv_depthwise_multiplier2_stride2"))
+    inits = _initializers(qdq)
+    tensors = _tensors(lower_to_tflite(qdq, precision="int8"))
+    weight, t = next(v for k, v in tensors.items() if k.endswith("_1hwo"))
+    assert weight is not None and weight.dtype == np.int8
+    np.testing.assert_array_equal(weight, inits["w_quantized"].transpose(1, 2, 3, 0))  # [O,1,H,W] → [1,H,W,O]
+    q = t.Quantization()
+    assert q.QuantizedDimension() == 3
+    np.testing.assert_array_equal(q.ScaleAsNumpy(), inits["w_scale"])
+    assert not q.ZeroPointAsNumpy().any()
+    bias, tb = tensors["y_bias"]
+    x_scale = inits["x_scale"]
+    np.testing.assert_allclose(tb.Quantization().ScaleAsNumpy(), x_scale * inits["w_scale"], rtol=1e-7)
+    assert bias is not None and bias.dtype == np.int32
+    np.testing.assert_array_equal(bias, inits["b_quantized"])  # onnxruntime's int32 bias, same scale
+
+
+def test_conv_weights_are_per_channel_on_axis_0_and_fully_connected_accepts_per_channel() -> None:
+    for name, suffix in (("conv_same_pads_bias", "_ohwi"), ("matmul_no_bias", "_fc")):
+        qdq = qdq_model(_case(name))
+        weight, t = next(v for k, v in _tensors(lower_to_tflite(qdq, precision="int8")).items() if k.endswith(suffix))
+        assert weight is not None and weight.dtype == np.int8
+        assert t.Quantization().QuantizedDimension() == 0
+        assert t.Quantization().ScaleLength() == weight.shape[0] > 1
+
+
+def test_float_io_adds_quantize_and_dequantize_int8_io_does_not() -> None:
+    case = _case("conv_same_pads_bias")
+    qdq = qdq_model(case)
+    floats = lower_to_tflite(qdq, precision="int8")
+    ops = _opcodes(floats)
+    assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"
+    ints = lower_to_tflite(qdq, precision="int8", io="int8")
+    assert "QUANTIZE" not in _opcodes(ints) and "DEQUANTIZE" not in _opcodes(ints)
+    inits = _initializers(qdq)
+    x_scale, x_zp = float(inits["x_scale"]), int(inits["x_zero_point"])
+    x = case.inputs["x"]
+    xq = np.clip(np.round(x / x_scale) + x_zp, -128, 127).astype(np.int8)
+    (yq,) = run_litert(ints, {"x": xq})
+    assert yq.dtype == np.int8
+    (y,) = run_litert(floats, case.inputs)
+    y_scale, y_zp = float(inits["y_scale"]), int(inits["y_zero_point"])
+    np.testing.assert_allclose((yq.astype(np.float32) - y_zp) * y_scale, y, atol=y_scale * 1.001)
+
+
+def test_tanh_output_is_requantized_from_the_spec_parameters() -> None:
+    qdq = qdq_model(_case("tanh"))
+    ops = _opcodes(lower_to_tflite(qdq, precision="int8"))
+    assert ops == ["QUANTIZE", "TANH", "QUANTIZE", "DEQUANTIZE"]  # TANH writes (1/128, 0), then onnxruntime's
+
+
+def test_node_left_in_float_becomes_a_dequantize_float_quantize_island() -> None:
+    """The fidelity fallback excludes nodes from quantization; they must run in float between int8 ops."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from tests.compiler.tflite.quantized import _Reader, calibration_feeds
+
+    r = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="first", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["b"], name="kept_float", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "w3"], ["y"], name="last")]
+    inits = {"w1": r.standard_normal((4, 2, 3, 3)), "w2": r.standard_normal((4, 4, 3, 3)),
+             "w3": r.standard_normal((3, 4, 1, 1))}
+    graph = helper.make_graph(nodes, "island", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 5, 5])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    case = Case("Conv", "island", model, {"x": r.standard_normal((1, 2, 5, 5)).astype(np.float32)}, 0, 0, "")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(model, f"{tmp}/m.onnx")
+        quantize_static(f"{tmp}/m.onnx", f"{tmp}/q.onnx", _Reader(calibration_feeds(case)),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=["kept_float"])
+        qdq = onnx.load(str(Path(tmp) / "q.onnx"))
+    data = lower_to_tflite(qdq, precision="int8")
+    ops = _opcodes(data)
+    assert ops.count("CONV_2D") == 3 and ops.count("DEQUANTIZE") == 2 and ops.count("QUANTIZE") == 2
+    tensors = _tensors(data)
+    assert tensors["w2_ohwi"][1].Type() == tflite.TensorType.FLOAT32  # the excluded conv keeps float weights
+    (want,), (got,) = run_onnxruntime(qdq, case.inputs), run_litert(data, case.inputs)
+    assert np.abs(got - want).max() <= output_scales(qdq)["y"] * 1.0001  # type: ignore[operator]
+
+
+def test_batchnorm_fold_into_quantized_conv_is_refused() -> None:
+    qdq = qdq_model(_case("bn_folded_into_conv"))
+    with pytest.raises(TfliteLoweringError, match="changed the quantized weights"):
+        lower_to_tflite(qdq, precision="int8")
+
+
+def test_precision_and_graph_must_match() -> None:
+    case = _case("conv_same_pads_bias")
+    with pytest.raises(TfliteLoweringError, match="calibrated QDQ graph"):
+        lower_to_tflite(case.model, precision="int8")
+    with pytest.raises(TfliteLoweringError, match="float graph"):
+        lower_to_tflite(qdq_model(case), precision="fp16")
+    with pytest.raises(TfliteLoweringError, match="io"):
+        lower_to_tflite(case.model, io="uint8")
+
+
+def test_fp16_stores_float16_weights_behind_dequantize() -> None:
+    case = _case("conv_same_pads_bias")
+    data = lower_to_tflite(case.model, precision="fp16")
+    ops = _opcodes(data)
+    assert ops[:2] == ["DEQUANTIZE", "DEQUANTIZE"] and ops[2:] == _opcodes(lower_to_tflite(case.model))
+    halves = [v for v, t in _tensors(data).values() if t.Type() == tflite.TensorType.FLOAT16]
+    assert len(halves) == 2 and all(v is not None for v in halves)
