@@ -82,9 +82,24 @@ class _LiteRT:
             it.allocate_tensors()
             self._shapes = shapes
         for d in self._inputs:
-            it.set_tensor(d["index"], feed[d["name"]])
+            it.set_tensor(d["index"], _quantized(feed[d["name"]], d))
         it.invoke()
-        return [it.get_tensor(d["index"]).copy() for d in self._outputs]
+        return [_dequantized(it.get_tensor(d["index"]), d) for d in self._outputs]
+
+
+def _quantized(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """A float sample for an int8 input (a model compiled with int8 inputs): quantize it as TFLite does."""
+    if detail["dtype"] != np.int8 or value.dtype == np.int8:
+        return value
+    scale, zero_point = detail["quantization"]
+    return np.clip(np.round(value / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def _dequantized(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if detail["dtype"] != np.int8:
+        return value.copy()
+    scale, zero_point = detail["quantization"]
+    return ((value.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
 
 
 def _open(path: Path) -> tuple[Any, tuple[str, ...], int]:

@@ -34,8 +34,8 @@ from edgectl.errors import DataError, ModelLoadError
 from edgectl.signing import load_private_key
 from edgectl.targets import Target
 
-# What the TFLite backend lowers so far (int8 and fp16 come with issue 3's later steps).
-TFLITE_PRECISIONS = ("fp32",)
+# What the TFLite backend lowers: fp32, fp16 weights, and int8 from the target's ONNX QDQ graph.
+TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 # Without --eval, this share of the calibration samples is held out for the fidelity gate.
 HOLDOUT_FRACTION = 0.25
 
@@ -54,6 +54,7 @@ class CompileOptions:
     sign_key: Path | None = None
     input_shape: tuple[int, ...] | None = None
     fallback: bool = True
+    tflite_io: str = "float"  # int8 TFLite inputs/outputs: "float" (QUANTIZE/DEQUANTIZE inside) or "int8"
 
 
 @dataclass(frozen=True)
@@ -201,12 +202,15 @@ def compile_model(
         cache: dict[str, Built] = {}
 
         def variant(target: Target, precision: str, fmt: str = "onnx") -> Built:
-            scheme = scheme_for(target) if precision == "int8" and fmt == "onnx" else None
-            key = f"int8-{scheme.key}" if scheme else precision if fmt == "onnx" else f"{fmt}-{precision}"
+            scheme = scheme_for(target) if precision == "int8" else None
+            key = f"int8-{scheme.key}" if scheme else precision
+            key = key if fmt == "onnx" else f"{fmt}-{key}"
             if key not in cache:
+                # tflite-int8 lowers the target's ONNX int8 (QDQ) graph: build that first.
+                qdq = variant(target, "int8") if fmt == "tflite" and precision == "int8" else None
                 on_step(f"building and validating {key}")
                 if fmt == "tflite":
-                    cache[key] = build_tflite(precision, prepared, work, gate)
+                    cache[key] = build_tflite(precision, prepared, work, gate, qdq=qdq, io=options.tflite_io)
                 elif scheme is None:
                     cache[key] = build_plain(precision, prepared, work, gate)
                 else:

@@ -22,6 +22,7 @@ from compiler.fidelity import Budget, Fidelity, Outputs, error_summary, measure
 from compiler.quantize import Ranges, quantize, to_fp16
 from compiler.schemes import QuantScheme
 from compiler.sensitivity import rank_nodes
+from edgectl.hashing import sha256_file
 
 # Per-node error is measured on at most this many calibration samples (never on eval ones).
 SENSITIVITY_SAMPLES = 64
@@ -118,23 +119,44 @@ def _static_shapes(model: onnx.ModelProto, data: TensorSet) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
-def build_tflite(precision: str, prepared: Path, work_dir: Path, g: GateInputs) -> Built:
-    """The TFLite lowering of the prepared graph, run in LiteRT and gated like the others."""
+def build_tflite(
+    precision: str, prepared: Path, work_dir: Path, g: GateInputs, *, qdq: Built | None = None, io: str = "float"
+) -> Built:
+    """The TFLite lowering, run in LiteRT and gated like the others.
+
+    fp32 and fp16 lower the prepared graph; int8 lowers ``qdq``, the ONNX int8 variant of the same
+    target, so both formats carry one set of scales (its sha256 goes in the quantization info).
+    """
     from compiler.tflite import TfliteLoweringError, lower_to_tflite
 
     quant: dict[str, Any] = {"type": precision, "format": "tflite"}
-    path = work_dir / f"{precision}.tflite"
+    source, fallback, name = prepared, [], f"{precision}.tflite"
+    if precision == "fp16":
+        quant |= {"weights": "float16", "compute": "float32", "io": "fp32"}
+    elif precision == "int8":
+        if qdq is None or qdq.path is None:
+            why = f": {qdq.reason}" if qdq is not None and qdq.reason else ""
+            return Built(precision, None, None, quant, format="tflite", skipped=True,
+                         reason=f"skipped: no int8 QDQ graph to lower (the ONNX int8 variant was not emitted{why})")
+        source, fallback, name = qdq.path, list(qdq.fallback_nodes), f"{qdq.path.stem}.tflite"
+        quant |= {
+            "io": io,
+            **{k: v for k, v in qdq.quantization.items() if k not in ("type", "format")},
+            "shares_scales_with": {"variant": qdq.name, "format": qdq.format, "sha256": sha256_file(qdq.path)},
+        }
+    path = work_dir / name
     try:
-        path.write_bytes(lower_to_tflite(_static_shapes(onnx.load(str(prepared)), g.eval_data)))
+        model = _static_shapes(onnx.load(str(source)), g.eval_data)
+        path.write_bytes(lower_to_tflite(model, precision=precision, io=io))
     except TfliteLoweringError as exc:
-        return Built(precision, None, None, quant, reason=f"skipped: {exc}", format="tflite", skipped=True)
+        return Built(precision, None, None, quant, fallback, reason=f"skipped: {exc}", format="tflite", skipped=True)
     try:
         fid, bad = _gate(path, g)
     except VariantFailure as exc:
-        return Built(precision, None, None, quant, reason=str(exc), format="tflite")
+        return Built(precision, None, None, quant, fallback, reason=str(exc), format="tflite")
     if bad:
-        return Built(precision, None, fid, quant, reason="; ".join(bad), format="tflite")
-    return Built(precision, path, fid, quant, format="tflite")
+        return Built(precision, None, fid, quant, fallback, reason="; ".join(bad), format="tflite")
+    return Built(precision, path, fid, quant, fallback, format="tflite")
 
 
 def _fallback_sizes(candidates: int) -> list[int]:

@@ -79,6 +79,9 @@ def compile_command(
         None, "--input-shape", help="Input shape for PyTorch files, e.g. 1,1,28,28."
     ),
     no_fallback: bool = typer.Option(False, "--no-fallback", help="Do not keep sensitive nodes in fp32."),
+    tflite_io: str = typer.Option(
+        "float", "--tflite-io", help="tflite-int8 inputs/outputs: float (quantized inside) or int8."
+    ),
     targets_dir: list[Path] = typer.Option([], "--targets-dir", help="Extra folder of target files."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -95,10 +98,13 @@ def compile_command(
     targets = tuple(all_targets(targets_dir) if all_targets_flag else (load_target(t, targets_dir) for t in target))
     if calibration is not None and random_calibration:
         raise DataError("pass --calibration or --random-calibration, not both")
+    if tflite_io not in ("float", "int8"):
+        raise DataError(f"--tflite-io {tflite_io!r} is not one of float, int8")
     options = CompileOptions(
         targets=targets, out_dir=out, calibration=calibration, random_calibration=random_calibration,
         eval_data=eval_data, labels=labels, budget=Budget(max_drop=max_drop, min_cosine=min_cosine),
         calibration_method=method, sign_key=sign_key, input_shape=_shape(input_shape), fallback=not no_fallback,
+        tflite_io=tflite_io,
     )
     err = console(stderr=True)
     with err.status("compiling", spinner="dots") as status:

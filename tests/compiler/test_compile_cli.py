@@ -68,8 +68,9 @@ def test_manifest_records_provenance(compiled, digits_cnn):
 
 
 def test_int8_is_small_and_faithful(compiled):
-    rows = [r for r in compiled[2]["variants"] if r["precision"] == "int8"]
-    assert len(rows) == len(TARGETS)
+    rows = [r for r in compiled[2]["variants"] if r["precision"] == "int8"]  # ONNX and TFLite (LiteRT targets)
+    assert len([r for r in rows if r["format"] == "onnx"]) == len(TARGETS)
+    assert len([r for r in rows if r["format"] == "tflite"]) == 2
     for row in rows:
         assert row["emitted"], row
         assert row["size_ratio"] < 0.35
@@ -189,3 +190,55 @@ def test_litert_targets_get_a_tflite_variant_that_runs_in_litert(compiled):
         np.testing.assert_allclose(got, pair["output.tflite-fp32.output"][:1], atol=tfl["selftest_atol"])
     # Targets without LiteRT get no TFLite file.
     assert not list((compiled[0] / "jetson-orin-cpu").glob("*.tflite"))
+
+
+def test_litert_targets_get_int8_and_fp16_tflite_sharing_the_onnx_int8_scales(compiled):
+    from compiler.fidelity import run
+
+    folder = compiled[0] / "arm64-cortex-a76"  # precisions int8, fp16, fp32
+    manifest = json.loads((folder / "manifest.json").read_text())
+    variants = {v["variant"]: v for v in manifest["variants"]}
+    assert {"tflite-int8", "tflite-fp16", "tflite-fp32"} <= {k for k, v in variants.items() if v["file"]}
+    int8 = variants["tflite-int8"]
+    assert int8["file"] == "digits_cnn.int8.tflite" and int8["runtime"] == "litert"
+    shared = int8["quantization"]["shares_scales_with"]
+    assert shared == {"variant": "int8", "format": "onnx", "sha256": manifest["files"]["digits_cnn.int8.onnx"]}
+    assert int8["quantization"]["io"] == "float" and int8["quantization"]["activation_type"] == "int8"
+    assert variants["tflite-fp16"]["quantization"]["weights"] == "float16"
+    for name in ("tflite-int8", "tflite-fp16"):
+        assert variants[name]["fidelity"]["top1_agreement"] >= 0.99
+        with np.load(folder / "selftest.npz") as pair:
+            got = run(folder / variants[name]["file"], {"input": pair["input.input"]}).values[0]
+            np.testing.assert_allclose(got, pair[f"output.{name}.output"], atol=variants[name]["selftest_atol"])
+    # A72 lists no fp16: it gets no tflite-fp16 either.
+    a72 = json.loads((compiled[0] / "arm64-cortex-a72" / "manifest.json").read_text())
+    assert {v["variant"] for v in a72["variants"]} == {"int8", "fp32", "tflite-int8", "tflite-fp32"}
+
+
+def test_tflite_io_int8_gives_int8_inputs_and_outputs(digits_cnn, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    result, report = invoke(compile_args(digits_cnn, tmp_path / "o", "-t", "arm64-cortex-a72", "--tflite-io", "int8",
+                                         "--json"))
+    assert result.exit_code == 0, result.output
+    row = next(r for r in report["variants"] if r["variant"] == "tflite-int8")
+    assert row["emitted"] and row["fidelity"]["top1_agreement"] >= 0.99
+    interpreter = Interpreter(model_path=str(tmp_path / "o" / "arm64-cortex-a72" / row["file"]))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    bad, _ = invoke(compile_args(digits_cnn, tmp_path / "p", "-t", "arm64-cortex-a72", "--tflite-io", "uint8"))
+    assert bad.exit_code != 0 and "--tflite-io" in bad.output
+
+
+def test_tflite_int8_without_an_s8_scheme_is_skipped_and_compile_succeeds(digits_cnn, tmp_path):
+    """An x86 target whose int8 scheme has uint8 activations, given LiteRT: TFLite int8 needs int8."""
+    text = (Path(__file__).parents[2] / "targets" / "x86_64-avx2.toml").read_text()
+    custom = tmp_path / "x86_64-litert.toml"
+    custom.write_text(text.replace('name = "x86_64-avx2"', 'name = "x86_64-litert"')
+                      .replace('runtimes = ["onnxruntime"]', 'runtimes = ["onnxruntime", "litert"]'))
+    assert "litert" in custom.read_text()
+    result, report = invoke(compile_args(digits_cnn, tmp_path / "o", "-t", str(custom), "--json"))
+    assert result.exit_code == 0, result.output
+    row = next(r for r in report["variants"] if r["variant"] == "tflite-int8")
+    assert row["skipped"] and not row["emitted"] and "int8 activations" in row["reason"], row
+    assert next(r for r in report["variants"] if r["variant"] == "tflite-fp32")["emitted"]

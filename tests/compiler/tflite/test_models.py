@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -78,3 +80,69 @@ def test_sklearn_mlp_matches_onnxruntime(splits: DigitsSplits) -> None:
     got = run_litert(lower_to_tflite(model), {"input": x})[0]
     assert float((got.argmax(1) == want.argmax(1)).mean()) == 1.0
     assert np.abs(got - want).max() < 1e-5
+
+
+# ---- int8 and fp16: the compiled artifacts of a LiteRT target ----------------------------------
+
+# TFLite int8 must pick the class the ONNX int8 artifact (same scales, run in onnxruntime) picks.
+MIN_INT8_AGREEMENT = 0.995
+# Logits may differ by a requantization step where the two integer pipelines round differently.
+MAX_INT8_LOGIT_LSB = 2.0
+
+
+def _int8_agreement(folder: Path, eval_data: Path) -> tuple[float, float, int]:
+    """Top-1 agreement and max logit difference (in LSB of the output scale) of tflite-int8 vs int8."""
+    from compiler.fidelity import run
+    from compiler.tflite.qdq import strip_qdq
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = {v["variant"]: v["file"] for v in manifest["variants"] if v.get("file")}
+    onnx_int8, tflite_int8 = folder / files["int8"], folder / files["tflite-int8"]
+    tfl = next(v for v in manifest["variants"] if v["variant"] == "tflite-int8")
+    assert tfl["quantization"]["shares_scales_with"]["sha256"] == manifest["files"][files["int8"]]
+    with np.load(eval_data) as npz:
+        data = {k: npz[k] for k in npz.files}
+    want, got = run(onnx_int8, data).values[0], run(tflite_int8, data).values[0]
+    _, plan = strip_qdq(onnx.load(str(onnx_int8)))
+    scale = plan.activations[manifest["model"]["outputs"][0]["name"]].scale
+    agreement = float((got.argmax(1) == want.argmax(1)).mean())
+    return agreement, float(np.abs(got - want).max()) / scale, len(want)
+
+
+def test_digits_cnn_tflite_int8_agrees_with_onnx_int8(digits_artifacts) -> None:
+    agreement, lsb, n = _int8_agreement(digits_artifacts.folder("arm64-cortex-a72"), digits_artifacts.eval_data)
+    print(f"digits CNN, {n} held-out digits: tflite-int8 vs ONNX int8 top-1 agreement {agreement:.2%}, "
+          f"max logit difference {lsb:.2f} LSB")
+    assert agreement >= MIN_INT8_AGREEMENT and lsb <= MAX_INT8_LOGIT_LSB
+
+
+def test_mnist_cnn_tflite_int8_agrees_with_onnx_int8(mnist_cnn, tmp_path: Path) -> None:
+    from compiler.pipeline import CompileOptions, compile_model
+    from edgectl.targets import load_target
+
+    options = CompileOptions(targets=(load_target("arm64-cortex-a76"),), out_dir=tmp_path / "out",
+                             calibration=mnist_cnn.calibration, eval_data=mnist_cnn.eval, labels=mnist_cnn.labels)
+    result = compile_model(mnist_cnn.onnx_path, options)
+    rows = {r.variant: r for r in result.rows}
+    assert result.exit_code == 0 and rows["tflite-int8"].emitted and rows["tflite-fp16"].emitted, result.to_dict()
+    agreement, lsb, n = _int8_agreement(tmp_path / "out" / "arm64-cortex-a76", mnist_cnn.eval)
+    size = rows["tflite-int8"].fidelity["size_bytes"] / rows["tflite-fp32"].fidelity["size_bytes"]  # type: ignore[index]
+    print(f"MNIST CNN, {n} held-out images: tflite-int8 vs ONNX int8 top-1 agreement {agreement:.2%}, "
+          f"max logit difference {lsb:.2f} LSB; tflite int8/fp32 size {size:.3f}")
+    assert agreement >= MIN_INT8_AGREEMENT and lsb <= MAX_INT8_LOGIT_LSB
+    # int8 weights are a quarter of fp32's; the MNIST CNN has only ~9k weights, so the ~5 KB of
+    # flatbuffer structure (names, shapes, per-channel scale tables) lifts the ratio to ~0.37.
+    assert size < 0.4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_digits_cnn_fp16_weights_stay_close_to_fp32(splits: DigitsSplits) -> None:
+    model = digits_cnn_onnx(splits)
+    x = splits.eval_x
+    want = run_litert(lower_to_tflite(model), {"input": x})[0]
+    got = run_litert(lower_to_tflite(model, precision="fp16"), {"input": x})[0]
+    error = relative_error(got, want)
+    print(f"digits CNN fp16 weights vs fp32: max relative error {error:.2e}")
+    assert float((got.argmax(1) == want.argmax(1)).mean()) == 1.0
+    # float16 keeps 11 significant bits (2^-11 ≈ 4.9e-4 per weight); errors partly cancel in sums.
+    assert error < 2e-3
