@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 # (target, variant) pairs the compile emits, for parametrized tests; test_runtime checks this
 # list against the manifests so it cannot go stale.
 EMITTED = (("x86_64-avx2", "int8"), ("x86_64-avx2", "fp32"),
-           ("arm64-cortex-a72", "int8"), ("arm64-cortex-a72", "fp32"), ("arm64-cortex-a72", "tflite-fp32"))
+           ("arm64-cortex-a72", "int8"), ("arm64-cortex-a72", "fp32"), ("arm64-cortex-a72", "tflite-fp32"),
+           ("arm64-cortex-a72", "tflite-int8"))
 
 
 class FakeRunner:

@@ -59,6 +59,7 @@ def test_op_int8_matches_onnxruntime_on_the_qdq_graph(case: Case) -> None:
             np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.atol, err_msg=case.why)
             continue
         lsb = float(np.abs(got - want).max()) / scale
+        print(f"{case.name}: {lsb:.2f} LSB")
         assert lsb <= INT8_MAX_LSB * (1 + 1e-4), f"{case.name}: {lsb:.2f} LSB apart ({INT8_LSB_WHY})"
 
 
