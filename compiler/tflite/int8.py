@@ -219,6 +219,11 @@ class _Pass:
         x, weight, bias = op.inputs
         axis = _CHANNEL_AXIS[op.opcode]
         data = b.constant_data(weight)
+        if w.axis is not None and w.scale.size != data.shape[axis]:
+            raise TfliteLoweringError(
+                f"'{op.node}': {w.scale.size} per-channel weight scales for {data.shape[axis]} output channels; "
+                "TFLite quantizes weights along the output channel"
+            )
         scale = np.broadcast_to(w.scale.astype(np.float32), (data.shape[axis],)) if w.axis is not None else (
             w.scale.reshape(1).astype(np.float32))
         if np.any(w.zero_point != 0):

@@ -72,6 +72,7 @@ def strip_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPlan]:
         scale, zero_point, axis = _params(node, inits)
         if node.op_type == _DQ and node.input[0] in inits:
             data = numpy_helper.to_array(inits[node.input[0]])
+            axis = axis % data.ndim if axis is not None else None
             plan.weights[node.output[0]] = WeightParams(data, scale, zero_point, axis)
             folded.append(numpy_helper.from_array(_dequantize(data, scale, zero_point, axis), node.output[0]))
         elif node.op_type == _DQ:

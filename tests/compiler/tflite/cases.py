@@ -126,9 +126,15 @@ def global_average_pool() -> list[Case]:
 def gemm() -> list[Case]:
     r = _rng(4)
     node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, alpha=0.5, beta=2.0)
-    return [Case("Gemm", "gemm_transB_alpha_beta",
-                 _model([node], ["N", 6], None, {"w": r.standard_normal((3, 6)), "b": r.standard_normal(3)}),
-                 _x((4, 6)), 1e-5, 1e-5, _ACCUMULATE)]
+    plain = helper.make_node("Gemm", ["x", "w", "b"], ["y"])  # B is [in, out]: per-channel axis 1
+    return [
+        Case("Gemm", "gemm_transB_alpha_beta",
+             _model([node], ["N", 6], None, {"w": r.standard_normal((3, 6)), "b": r.standard_normal(3)}),
+             _x((4, 6)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Gemm", "gemm_b_in_out",
+             _model([plain], ["N", 6], None, {"w": r.standard_normal((6, 3)), "b": r.standard_normal(3)}),
+             _x((4, 6)), 1e-5, 1e-5, _ACCUMULATE),
+    ]
 
 
 def matmul() -> list[Case]:
