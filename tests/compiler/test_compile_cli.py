@@ -242,3 +242,21 @@ def test_tflite_int8_without_an_s8_scheme_is_skipped_and_compile_succeeds(digits
     row = next(r for r in report["variants"] if r["variant"] == "tflite-int8")
     assert row["skipped"] and not row["emitted"] and "int8 activations" in row["reason"], row
     assert next(r for r in report["variants"] if r["variant"] == "tflite-fp32")["emitted"]
+
+
+def test_tflite_int8_keeps_the_onnx_fallback_nodes_in_float(digits_cnn, tmp_path):
+    """A tight budget makes the int8 gate keep nodes in fp32; the TFLite lowering runs them as
+    DEQUANTIZE → float op → QUANTIZE islands and reports the same nodes."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    result, report = invoke(compile_args(digits_cnn, tmp_path / "o", "-t", "arm64-cortex-a72",
+                                         "--min-cosine", "0.99998", "--json"))
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in report["variants"]}
+    assert rows["int8"]["fallback_nodes"], "the budget no longer forces a fallback: tighten it"
+    assert rows["tflite-int8"]["emitted"] and rows["tflite-int8"]["fallback_nodes"] == rows["int8"]["fallback_nodes"]
+    path = tmp_path / "o" / "arm64-cortex-a72" / rows["tflite-int8"]["file"]
+    interpreter = Interpreter(model_path=str(path),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert ops.count("DEQUANTIZE") > 1 and ops.count("QUANTIZE") > 1, ops  # islands besides the model edges
