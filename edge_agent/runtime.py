@@ -252,8 +252,11 @@ class LiteRTRunner:
         self._it: Any = it
         self._lock = threading.Lock()
         ins, outs = it.get_input_details(), it.get_output_details()
-        self._in = [(d["name"], d["index"]) for d in ins]
-        self._out = [(d["name"], d["index"]) for d in outs]
+        # An int8 model boundary (compiled with --tflite-io int8) is served with float values, as
+        # the compiler's gate recorded them: quantize on the way in, dequantize on the way out,
+        # each with the tensor's own scale and zero point.
+        self._in = [(d["name"], d["index"], _int8_params(d)) for d in ins]
+        self._out = [(d["name"], d["index"], _int8_params(d)) for d in outs]
         self._shapes = {d["name"]: tuple(int(s) for s in d["shape"]) for d in ins}
         self.inputs = tuple(_lite_spec(d) for d in ins)
         self.outputs = tuple(_lite_spec(d) for d in outs)
@@ -265,11 +268,14 @@ class LiteRTRunner:
                 raise InferenceError(f"{self.path.name} is closed: load it again")
             try:
                 self._fit(it, feeds)
-                for name, index in self._in:
-                    it.set_tensor(index, feeds[name])
+                for name, index, q in self._in:
+                    it.set_tensor(index, feeds[name] if q is None else _quantize(feeds[name], q))
                 it.invoke()
                 # get_tensor returns a view of the interpreter's arena: the next invoke overwrites it.
-                return {name: it.get_tensor(index).copy() for name, index in self._out}
+                return {
+                    name: it.get_tensor(index).copy() if q is None else _dequantize(it.get_tensor(index), q)
+                    for name, index, q in self._out
+                }
             except KeyError as exc:
                 raise InferenceError(f"{self.path.name} needs input {exc.args[0]!r}") from exc
             except Exception as exc:
@@ -277,11 +283,11 @@ class LiteRTRunner:
 
     def _fit(self, it: Any, feeds: dict[str, np.ndarray]) -> None:
         """Resize inputs whose shape changed (dynamic batch) and reallocate once."""
-        shapes = {name: tuple(feeds[name].shape) for name, _ in self._in}
+        shapes = {name: tuple(feeds[name].shape) for name, _, _ in self._in}
         if shapes == self._shapes:
             return
         try:
-            for name, index in self._in:
+            for name, index, _ in self._in:
                 it.resize_tensor_input(index, list(shapes[name]), strict=True)
             it.allocate_tensors()
         except Exception:
@@ -294,12 +300,35 @@ class LiteRTRunner:
             self._it = None
 
 
+def _int8_params(d: dict[str, Any]) -> tuple[float, int] | None:
+    """(scale, zero point) of an int8 model input or output, None for any other tensor."""
+    import numpy as np
+
+    if np.dtype(d["dtype"]) != np.int8:
+        return None
+    scale, zero_point = d["quantization"]
+    return (float(scale), int(zero_point)) if scale else None
+
+
+def _quantize(value: np.ndarray, q: tuple[float, int]) -> np.ndarray:
+    import numpy as np
+
+    return np.clip(np.round(value / q[0]) + q[1], -128, 127).astype(np.int8)
+
+
+def _dequantize(value: np.ndarray, q: tuple[float, int]) -> np.ndarray:
+    import numpy as np
+
+    return ((value.astype(np.float32) - q[1]) * np.float32(q[0])).astype(np.float32)
+
+
 def _lite_spec(d: dict[str, Any]) -> TensorSpec:
     import numpy as np
 
     sig = d.get("shape_signature")
     dims = sig if sig is not None and len(sig) else d["shape"]
-    return TensorSpec(d["name"], np.dtype(d["dtype"]).name, tuple(int(s) if s >= 0 else None for s in dims))
+    dtype = "float32" if _int8_params(d) is not None else np.dtype(d["dtype"]).name
+    return TensorSpec(d["name"], dtype, tuple(int(s) if s >= 0 else None for s in dims))
 
 
 # --- self-test ----------------------------------------------------------------------------------

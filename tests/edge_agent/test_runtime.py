@@ -76,6 +76,33 @@ def test_litert_runner_is_safe_across_threads(digits_artifacts: CompiledArtifact
     assert failures == []
 
 
+def test_int8_io_tflite_is_served_with_float_values(digits_artifacts: CompiledArtifacts, tmp_path: Path):
+    """A tflite-int8 built with int8 inputs/outputs (compile --tflite-io int8) takes and returns the
+    same float values as the float-io build: the runner quantizes with the tensors' own params."""
+    import onnx
+
+    from compiler.tflite import lower_to_tflite
+
+    target = "arm64-cortex-a72"
+    qdq = onnx.load(str(digits_artifacts.artifact(target, "int8")))
+    path = tmp_path / "digits_cnn.int8-io.tflite"
+    path.write_bytes(lower_to_tflite(qdq, precision="int8", io="int8"))
+    ints = open_runner(path, "litert")
+    floats = open_runner(digits_artifacts.artifact(target, "tflite-int8"), "litert")
+    assert ints.inputs == floats.inputs and ints.outputs == floats.outputs  # float32 at the boundary
+    entry = digits_artifacts.variant(target, "tflite-int8")
+    result = selftest(ints, digits_artifacts.selftest_npz(target), "tflite-int8", entry["selftest_atol"])
+    assert result.ok, result.reason
+    x = digits_artifacts.sample(64)
+    got, want = ints.run(x)["output"], floats.run(x)["output"]
+    assert got.dtype == np.float32
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.98
+    # Quantizing in Python (round half to even) and in the QUANTIZE op (half away from zero) can
+    # differ on exact ties by one input step; that moves a logit by at most a few output steps.
+    scale = float(np.min(np.abs(np.diff(np.unique(want)))))
+    assert np.abs(got - want).max() <= 4 * scale
+
+
 def test_a_selftest_against_another_variants_recording_fails(digits_artifacts: CompiledArtifacts):
     target = "x86_64-avx2"
     runner = open_runner(digits_artifacts.artifact(target, "int8"), "onnxruntime")
