@@ -29,6 +29,10 @@ SELFTEST_NAME = "selftest.npz"
 # A device's kernels differ from this host's (ISA, threading): it must reproduce the host's
 # output of the same artifact to within this much of the artifact's own error vs fp32.
 SELFTEST_ERROR_FACTOR = 2.0
+# fp16 ONNX runs in half precision on ARMv8.2 (onnxruntime's fp16 kernels accumulate in fp16)
+# but in fp32 after casts on x86: under qemu the digits CNN's fp16 error vs fp32 was 3.8× this
+# host's (0.0220 vs 0.0058, `edgectl compile --verify-on arm64`), so 2× would fail a real Pi 5.
+SELFTEST_ERROR_FACTORS = {"fp16": 8.0}
 SELFTEST_MIN_ATOL = 1e-4
 
 
@@ -107,7 +111,8 @@ def _variant_entry(built: Built, file: str | None) -> dict[str, Any]:
     }
     if built.fidelity is not None:
         worst = max((e.max_abs for e in built.fidelity.outputs.values() if e.agreement is None), default=0.0)
-        entry["selftest_atol"] = max(SELFTEST_MIN_ATOL, SELFTEST_ERROR_FACTOR * worst)
+        factor = SELFTEST_ERROR_FACTORS.get(built.precision, SELFTEST_ERROR_FACTOR)
+        entry["selftest_atol"] = max(SELFTEST_MIN_ATOL, factor * worst)
     if built.skipped:
         entry["skipped"] = built.reason
     elif not built.emitted:

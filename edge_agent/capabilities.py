@@ -19,6 +19,7 @@ that an idle agent must not pay.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
@@ -216,6 +217,35 @@ def _distro() -> str | None:
         return None
 
 
+# arm64 AT_HWCAP / AT_HWCAP2 bits (Linux arch/arm64/include/uapi/asm/hwcap.h) → cpuinfo spelling.
+# The kernel prints /proc/cpuinfo's Features from these same bits, but under qemu-user the file is
+# the host's: the auxiliary vector is the only view of the CPU the process really runs on.
+_HWCAP_BITS = {1: "asimd", 9: "fphp", 10: "asimdhp", 12: "asimdrdm", 20: "asimddp", 22: "sve", 23: "asimdfhm"}
+_HWCAP2_BITS = {1: "sve2", 9: "svei8mm", 13: "i8mm", 14: "bf16", 23: "sme"}
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+
+
+def arm64_flags_from_hwcaps(hwcap: int, hwcap2: int) -> tuple[str, ...]:
+    """The ISA flags (kernel spelling) that an arm64 process's AT_HWCAP/AT_HWCAP2 words announce."""
+    found = {name for bit, name in _HWCAP_BITS.items() if hwcap >> bit & 1}
+    found |= {name for bit, name in _HWCAP2_BITS.items() if hwcap2 >> bit & 1}
+    return tuple(sorted(found))
+
+
+def _live_arm64_flags() -> tuple[str, ...] | None:
+    """The running process's arm64 flags from getauxval, or None where libc cannot say."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        getauxval = libc.getauxval
+    except (OSError, AttributeError):
+        return None
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return arm64_flags_from_hwcaps(getauxval(_AT_HWCAP), getauxval(_AT_HWCAP2))
+
+
 def detect_capabilities(
     *,
     data_dir: Path,
@@ -236,6 +266,10 @@ def detect_capabilities(
         cpuinfo = _read_text(Path("/proc/cpuinfo")) or ""
     raw_machine = machine if machine is not None else platform.machine()
     cpu = parse_cpuinfo(cpuinfo)
+    live_arm64 = machine is None and normalize_arch(raw_machine) == "aarch64"
+    hw_flags = _live_arm64_flags() if live_arm64 else None
+    if hw_flags:  # the auxiliary vector over /proc/cpuinfo, which qemu-user shows from the host
+        cpu = dataclasses.replace(cpu, flags=hw_flags, isa=tuple(sorted({_ARM_ISA[f] for f in hw_flags})))
     # Jetsons (and most non-Pi Arm boards) name the board only in the device tree; it ends in NUL.
     board = cpu.board or ((_read_text(device_tree_model) or "").strip("\x00\n ") or None)
     disk = shutil.disk_usage(_existing_parent(data_dir))

@@ -260,3 +260,18 @@ def test_tflite_int8_keeps_the_onnx_fallback_nodes_in_float(digits_cnn, tmp_path
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     ops = [op["op_name"] for op in interpreter._get_ops_details()]
     assert ops.count("DEQUANTIZE") > 1 and ops.count("QUANTIZE") > 1, ops  # islands besides the model edges
+
+
+@pytest.mark.parametrize(("precision", "factor"), [("fp16", 8.0), ("fp32", 2.0), ("int8", 2.0)])
+def test_selftest_tolerance_leaves_room_for_native_fp16_arithmetic(precision, factor):
+    """A device must reproduce the host's output within a multiple of the artifact's own error vs
+    fp32; fp16 gets a wider one because ARMv8.2 computes it in half precision (x86 in fp32)."""
+    from types import SimpleNamespace
+
+    from compiler.manifest_builder import _variant_entry
+
+    outputs = {"logits": SimpleNamespace(max_abs=0.01, agreement=None), "label": SimpleNamespace(max_abs=9.0, agreement=1.0)}
+    fidelity = SimpleNamespace(outputs=outputs, to_dict=dict)
+    built = SimpleNamespace(name=precision, precision=precision, format="onnx", runtime="onnxruntime", quantization={},
+                            fallback_nodes=[], fidelity=fidelity, skipped=False, emitted=True, reason=None)
+    assert _variant_entry(built, "m.onnx")["selftest_atol"] == pytest.approx(factor * 0.01)  # type: ignore[arg-type]

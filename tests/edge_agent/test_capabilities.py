@@ -13,6 +13,7 @@ import pytest
 from edge_agent.capabilities import (
     KNOWN_ISA,
     RUNTIME_DISTRIBUTIONS,
+    arm64_flags_from_hwcaps,
     detect_capabilities,
     normalize_arch,
     parse_cpuinfo,
@@ -122,6 +123,21 @@ def test_cpuinfo_samples_map_to_the_targets_vocabulary(text, arch, model, isa, f
     assert info.isa == isa
     assert info.model == model
     assert _fitting_targets(arch, info.isa) == fits
+
+
+# AT_HWCAP bit n is the n-th name here: the order of arm64's hwcap.h, which is also the order in
+# which the kernel prints a cpuinfo Features line.
+ARM64_HWCAP_ORDER = ["fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp", "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512", "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg"]
+
+
+@pytest.mark.parametrize("text", [PI4, PI5, ORIN], ids=["pi4", "pi5", "orin"])
+def test_hwcap_words_announce_what_cpuinfo_does(text):
+    """Under qemu-user /proc/cpuinfo is the host's, so a live arm64 agent reads the auxiliary vector."""
+    features = next(line for line in text.splitlines() if line.startswith("Features")).split(":")[1].split()
+    word = sum(1 << ARM64_HWCAP_ORDER.index(f) for f in features)
+    assert arm64_flags_from_hwcaps(word, 0) == parse_cpuinfo(text).flags
+    # HWCAP2: i8mm is bit 13, bf16 bit 14 (Cortex-A710 and later).
+    assert {"i8mm", "bf16"} <= set(arm64_flags_from_hwcaps(word, 1 << 13 | 1 << 14))
 
 
 def test_raw_kernel_flags_are_kept_alongside():
