@@ -7,6 +7,7 @@ import onnx
 import compiler.tflite.ops  # noqa: F401  (registers the lowerings)
 from compiler.tflite.context import LoweringContext
 from compiler.tflite.errors import TfliteLoweringError
+from compiler.tflite.fold import fold_constants
 from compiler.tflite.registry import resolve
 
 
@@ -21,6 +22,7 @@ def lower_to_tflite(model: onnx.ModelProto) -> bytes:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise TfliteLoweringError("the model imports no default-domain opset; is it an ONNX model?")
+    model = fold_constants(model)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:

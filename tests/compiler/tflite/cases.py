@@ -441,10 +441,31 @@ def slice_op() -> list[Case]:
     ]
 
 
+def shape_chain() -> list[Case]:
+    """What exporters write for ``x.view(x.size(0), -1, 2)``: Shape → Gather → Unsqueeze → Concat → Reshape."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    model = _int64(_model(nodes, ["N", 3, 4], None), zero=[0], axes=[0], rest=[-1, 2])
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"))
+    softmax_dfl = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+    return [
+        Case("Shape", "shape_chain_folded_with_batch_fixed", model, _x((1, 3, 4)), 0, 0, _EXACT),
+        Case("Softmax", "softmax_13_middle_axis_transposed", _model([softmax_dfl], [1, 4, 16, 5], None),
+             _x((1, 4, 16, 5)), 1e-5, 1e-7, _TRANSCENDENTAL),
+    ]
+
+
 CASE_BUILDERS: list[Callable[[], list[Case]]] = [
     conv, relu, max_pool, average_pool, global_average_pool, gemm, matmul, flatten, reshape, add, mul, softmax,
     sigmoid, tanh, identity, dropout, constant, batch_normalization, clip, leaky_relu, hard_sigmoid, hard_swish,
     sub, div, depthwise_conv, concat, transpose, squeeze, unsqueeze, pad_op, resize, reduce_mean, split, slice_op,
+    shape_chain,
 ]
 
 
