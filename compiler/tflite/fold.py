@@ -36,12 +36,21 @@ _MAX_FOLDED_ELEMENTS = 1 << 20
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with its constant subgraphs replaced by initializers (a new ModelProto)."""
     model = _symbolic_negative_dims(model)
-    folded = _fold(model)
+    folded = _fold_to_fixed_point(model)
     if _has_shape_ops(folded):
         static = onnx.ModelProto()
         static.CopyFrom(model)
         if _fix_dynamic_batch(static):
-            folded = _fold(static)
+            folded = _fold_to_fixed_point(static)
+    return folded
+
+
+def _fold_to_fixed_point(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold, re-infer shapes, fold again: a Reshape whose target was folded gives its output a shape
+    that the next Shape node downstream can be folded from."""
+    folded = _fold(model)
+    while len(folded.graph.node) < len(model.graph.node):
+        model, folded = folded, _fold(folded)
     return folded
 
 

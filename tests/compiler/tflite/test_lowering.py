@@ -71,10 +71,10 @@ def test_op_below_its_first_lowering_opset_is_rejected() -> None:
 
 
 def test_unsupported_attribute_names_the_node() -> None:
-    w = np.ones((4, 2, 3, 3))
-    node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, name="grouped")
-    with pytest.raises(TfliteLoweringError, match=r"'Conv' \(node 'grouped'\): grouped convolution \(group=2\)"):
-        lower_to_tflite(_model([node], [1, 4, 5, 5], None, {"w": w}))
+    w = np.ones((4, 2, 3, 3, 3))
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv3d")
+    with pytest.raises(TfliteLoweringError, match=r"'Conv' \(node 'conv3d'\): only 2-D convolutions"):
+        lower_to_tflite(_model([node], [1, 2, 5, 5, 5], None, {"w": w}))
 
 
 def test_batch_norm_after_conv_is_folded_into_its_weights() -> None:
