@@ -8,6 +8,7 @@ import compiler.tflite.ops  # noqa: F401  (registers the lowerings)
 from compiler.tflite.context import LoweringContext
 from compiler.tflite.errors import TfliteLoweringError
 from compiler.tflite.fold import fold_constants
+from compiler.tflite.optimize import optimize
 from compiler.tflite.registry import resolve
 
 
@@ -42,6 +43,7 @@ def lower_to_tflite(model: onnx.ModelProto) -> bytes:
     for node in graph.node:
         resolve(node, opset)(ctx, node)
     outputs = [_output(ctx, info.name) for info in graph.output]
+    optimize(ctx.builder, inputs, outputs)
     return ctx.builder.serialize(inputs, outputs)
 
 
