@@ -6,6 +6,7 @@ from compiler.tflite.ops import (
     conv_transpose,
     dense,
     elementwise,
+    gather,
     layout,
     normalization,
     pool,
@@ -15,6 +16,6 @@ from compiler.tflite.ops import (
 )
 
 __all__ = [
-    "arithmetic", "conv", "conv_transpose", "dense", "elementwise", "layout", "normalization", "pool", "reduce",
-    "resize", "shape",
+    "arithmetic", "conv", "conv_transpose", "dense", "elementwise", "gather", "layout", "normalization", "pool",
+    "reduce", "resize", "shape",
 ]

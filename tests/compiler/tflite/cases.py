@@ -527,11 +527,23 @@ def batch_matmul() -> list[Case]:
     ]
 
 
+def gather() -> list[Case]:
+    rows = helper.make_node("Gather", ["x", "idx"], ["y"], axis=1)
+    after_conv = helper.make_node("Gather", ["c", "idx"], ["y"], axis=-1)
+    m1 = _int64(_model([rows], ["N", 5, 3], None), idx=[[4, 0], [-1, 2]])
+    m2 = _int64(_model(_conv_then(after_conv), [1, 2, 3, 5], None, {"w": _w(3, 2)}), idx=[1, 3])
+    return [
+        Case("Gather", "gather_2d_indices_negative", m1, _x((2, 5, 3)), 0, 0, _EXACT),
+        Case("Gather", "gather_last_axis_of_nhwc", m2, _x((1, 2, 3, 5)), 1e-5, 1e-5, _ACCUMULATE),
+    ]
+
+
 CASE_BUILDERS: list[Callable[[], list[Case]]] = [
     conv, relu, max_pool, average_pool, global_average_pool, gemm, matmul, flatten, reshape, add, mul, softmax,
     sigmoid, tanh, identity, dropout, constant, batch_normalization, clip, leaky_relu, hard_sigmoid, hard_swish,
     sub, div, depthwise_conv, concat, transpose, squeeze, unsqueeze, pad_op, resize, reduce_mean, split, slice_op,
     shape_chain, grouped_conv, conv_transpose, pow_op, sqrt, batch_matmul,
+    gather,
 ]
 
 
