@@ -102,7 +102,9 @@ def convert_edgectl(model: onnx.ModelProto, rounds: int) -> tuple[bytes | None, 
 def convert_peer(python: Path, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(jobs, f)
-    done = subprocess.run([str(python), str(WORKER), f.name], capture_output=True, text=True, check=False)
+    # onnx2tf runs onnxsim as a command; without the venv's bin on PATH it silently skips it.
+    env = dict(os.environ, PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run([str(python), str(WORKER), f.name], capture_output=True, text=True, check=False, env=env)
     os.unlink(f.name)
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if len(results) != len(jobs):

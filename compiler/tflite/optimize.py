@@ -56,6 +56,13 @@ class _Graph:
     def int32(self, values: list[int]) -> int:
         return self.builder.add_constant(f"const_{len(self.builder.tensors)}", np.asarray(values, dtype=np.int32))
 
+    def index(self, op: Operator) -> int:
+        """Where ``op`` is, by identity (Operator is a dataclass: == compares every field)."""
+        return next(i for i, other in enumerate(self.ops) if other is op)
+
+    def remove(self, op: Operator) -> None:
+        del self.ops[self.index(op)]
+
     def replace_reads(self, old: int, new: int) -> None:
         for op in self.ops:
             op.inputs = [new if t == old else t for t in op.inputs]
@@ -70,7 +77,8 @@ def optimize(builder: TfliteBuilder, inputs: list[int], outputs: list[int]) -> i
     before = _count(builder)
     changed = True
     while changed:
-        changed = any(rule(graph, op) for rule in _RULES for op in list(graph.ops) if op in graph.ops)
+        # The first rewrite ends the pass, so every operator looked at is still in the list.
+        changed = any(rule(graph, op) for rule in _RULES for op in list(graph.ops))
     return before - _count(builder)
 
 
@@ -86,9 +94,9 @@ def _merge_transposes(g: _Graph, first: Operator) -> bool:
         return False
     p1, p2 = g.perm(first), g.perm(second)
     composed = [p1[i] for i in p2]
-    g.ops.remove(first)
+    g.remove(first)
     if composed == list(range(len(composed))) and second.outputs[0] not in g.outputs:
-        g.ops.remove(second)
+        g.remove(second)
         g.replace_reads(second.outputs[0], first.inputs[0])
     else:
         second.inputs = [first.inputs[0], g.int32(composed)]
@@ -110,7 +118,7 @@ def _transpose_to_reshape(g: _Graph, op: Operator) -> bool:
         return False
     reshape = g.builder.add_operator(_OP.RESHAPE, [op.inputs[0], g.int32(target)], op.outputs)
     g.ops.pop()  # add_operator appended it; it takes the TRANSPOSE's place instead
-    g.ops[g.ops.index(op)] = reshape
+    g.ops[g.index(op)] = reshape
     return True
 
 
@@ -120,7 +128,7 @@ def _merge_reshapes(g: _Graph, first: Operator) -> bool:
     second = g.only_reader(first.outputs[0])
     if second is None or second.opcode != _OP.RESHAPE or second.inputs[0] != first.outputs[0]:
         return False
-    g.ops.remove(first)
+    g.remove(first)
     second.inputs = [first.inputs[0], *second.inputs[1:]]
     return True
 
@@ -141,7 +149,7 @@ def _sink_transpose_below_unary(g: _Graph, transpose: Operator) -> bool:
     tensors[moved].shape, tensors[moved].signature = tensors[x].shape, tensors[x].signature
     unary.inputs, unary.outputs = [x], [moved]
     transpose.inputs, transpose.outputs = [moved, transpose.inputs[1]], [y]
-    i, j = g.ops.index(transpose), g.ops.index(unary)
+    i, j = g.index(transpose), g.index(unary)
     g.ops[i], g.ops[j] = unary, transpose
     return True
 
