@@ -9,6 +9,8 @@ none applies:
     transpose of size-1 dims  → RESHAPE (the element order does not change)
     reshape ∘ reshape         → one RESHAPE
     unary ∘ transpose         → transpose ∘ unary, when a TRANSPOSE follows (so the two can merge)
+    reshape ∘ transpose       → transpose ∘ reshape, when the reshape merges dims the transpose kept together
+    concat of transposes      → transpose of the concat, when every input has the same perm
 
 A rule only touches a tensor that nothing else reads and that is not a graph output.
 
@@ -49,6 +51,9 @@ class _Graph:
         """The single operator reading ``tensor``, if it is not also a graph output."""
         readers = self.readers(tensor)
         return readers[0] if len(readers) == 1 and tensor not in self.outputs else None
+
+    def producer(self, tensor: int) -> Operator | None:
+        return next((op for op in self.ops if tensor in op.outputs), None)
 
     def perm(self, op: Operator) -> list[int]:
         return [int(p) for p in self.builder.constant_data(op.inputs[1])]
@@ -154,4 +159,87 @@ def _sink_transpose_below_unary(g: _Graph, transpose: Operator) -> bool:
     return True
 
 
-_RULES: list[Rule] = [_merge_transposes, _transpose_to_reshape, _merge_reshapes, _sink_transpose_below_unary]
+def _reshape_before_transpose(g: _Graph, transpose: Operator) -> bool:
+    """TRANSPOSE → RESHAPE that only merges dims which were neighbours, in order, before the transpose
+    (NHWC → NCHW → [N, C, H·W]) becomes RESHAPE → TRANSPOSE of the merged dims ([N, H·W, C] → [N, C, H·W]).
+    Same count; it moves the TRANSPOSE down to where it can merge or pass a CONCATENATION."""
+    if transpose.opcode != _OP.TRANSPOSE:
+        return False
+    reshape = g.only_reader(transpose.outputs[0])
+    if reshape is None or reshape.opcode != _OP.RESHAPE or reshape.inputs[0] != transpose.outputs[0]:
+        return False
+    tensors = g.builder.tensors
+    x, y = transpose.inputs[0], reshape.outputs[0]
+    source, target = tensors[x], tensors[y]
+    if source.signature is not None or target.signature is not None:
+        return False
+    perm = g.perm(transpose)
+    groups = _merged_groups([source.shape[p] for p in perm], target.shape)
+    if groups is None:
+        return False
+    runs = [[perm[i] for i in group] for group in groups]
+    if any(run != list(range(run[0], run[0] + len(run))) for run in runs):
+        return False
+    order = sorted(range(len(runs)), key=lambda k: runs[k][0])  # the groups in the source's order
+    merged = tuple(int(np.prod([source.shape[d] for d in runs[k]])) for k in order)
+    between = g.builder.add_tensor(f"{source.name}_merged", merged, source.dtype)
+    reshape.inputs, reshape.outputs = [x, g.int32(list(merged))], [between]
+    transpose.inputs, transpose.outputs = [between, g.int32([order.index(k) for k in range(len(runs))])], [y]
+    i, j = g.index(transpose), g.index(reshape)
+    g.ops[i], g.ops[j] = reshape, transpose
+    return True
+
+
+def _merged_groups(dims: list[int], target: tuple[int, ...]) -> list[list[int]] | None:
+    """Split ``dims`` into consecutive non-empty runs whose products are ``target``, else None."""
+    groups: list[list[int]] = []
+    i = 0
+    for size in target:
+        if i == len(dims):
+            return None
+        run, product = [i], dims[i]
+        i += 1
+        while product < size and i < len(dims):
+            product *= dims[i]
+            run.append(i)
+            i += 1
+        if product != size:
+            return None
+        groups.append(run)
+    return groups if i == len(dims) else None
+
+
+def _transpose_below_concat(g: _Graph, concat: Operator) -> bool:
+    """CONCATENATION of TRANSPOSEs with one perm → one TRANSPOSE of the CONCATENATION."""
+    if concat.opcode != _OP.CONCATENATION or concat.options is None:
+        return False
+    producers = [g.producer(t) for t in concat.inputs]
+    if any(p is None or p.opcode != _OP.TRANSPOSE or g.only_reader(p.outputs[0]) is not concat for p in producers):
+        return False
+    transposes = [p for p in producers if p is not None]
+    if len({id(t) for t in transposes}) != len(transposes):
+        return False
+    perm = g.perm(transposes[0])
+    if len(transposes) < 2 or any(g.perm(t) != perm for t in transposes[1:]):
+        return False
+    tensors = g.builder.tensors
+    if any(tensors[t].signature is not None for t in concat.outputs):
+        return False
+    out = tensors[concat.outputs[0]]
+    inverse = [perm.index(i) for i in range(len(perm))]
+    joined = g.builder.add_tensor(f"{out.name}_joined", tuple(out.shape[i] for i in inverse), out.dtype)
+    axis = int(concat.options.fields["Axis"])
+    concat.options.fields["Axis"] = perm[axis if axis >= 0 else axis + len(perm)]
+    after = g.builder.add_operator(_OP.TRANSPOSE, [joined, g.int32(perm)], list(concat.outputs))
+    g.ops.pop()
+    concat.inputs, concat.outputs = [t.inputs[0] for t in transposes], [joined]
+    for t in transposes:
+        g.remove(t)
+    g.ops.insert(g.index(concat) + 1, after)
+    return True
+
+
+_RULES: list[Rule] = [
+    _merge_transposes, _transpose_to_reshape, _merge_reshapes, _sink_transpose_below_unary, _reshape_before_transpose,
+    _transpose_below_concat,
+]
