@@ -1,9 +1,8 @@
 """Runs inside onnx2tf's own venv (Python ≥ 3.12): converts each job, times ``onnx2tf.convert`` only.
 
-    python _onnx2tf_worker.py jobs.json    # [{"onnx": ..., "out": ..., "shapes": ["x:1,3,8,8"]}, ...]
+    python _onnx2tf_worker.py job.json    # [{"onnx": ..., "out": ..., "shapes": ["x:1,3,8,8"]}]
 
-Prints one JSON line per job: {"seconds", "tflite" (the float32 file) or "error"}. The first job is
-converted once untimed, so imports and first-call costs do not land on it. onnx2tf rewrites its
+Prints one JSON line: {"seconds", "tflite" (the float32 file) or "error"}. onnx2tf rewrites its
 input file in place: the caller hands it a copy. Standard library and onnx2tf only.
 """
 
@@ -39,13 +38,16 @@ def convert(job: dict[str, object]) -> dict[str, object]:
 
 
 def main() -> None:
-    jobs = json.loads(Path(sys.argv[1]).read_text())
-    if jobs:
-        warm = dict(jobs[0], out=str(jobs[0]["out"]) + "_warm", onnx=str(jobs[0]["onnx"]) + ".warm.onnx")
-        shutil.copyfile(str(jobs[0]["onnx"]), str(warm["onnx"]))
-        convert(warm)
-    for job in jobs:
-        print(json.dumps(convert(job)), flush=True)
+    # One job per process: onnx2tf keeps state between convert() calls (PP-OCR cls failed after
+    # three other models in one process and converted alone). The same model is converted once,
+    # untimed, first, so imports and first-call costs do not land on the timed run.
+    (job,) = json.loads(Path(sys.argv[1]).read_text())
+    warm = dict(job, out=str(job["out"]) + "_warm", onnx=str(job["onnx"]) + ".warm.onnx")
+    shutil.copyfile(str(job["onnx"]), str(warm["onnx"]))
+    shutil.copyfile(str(job["onnx"]), str(job["onnx"]) + ".pristine")
+    convert(warm)
+    shutil.copyfile(str(job["onnx"]) + ".pristine", str(job["onnx"]))
+    print(json.dumps(convert(job)), flush=True)
 
 
 if __name__ == "__main__":
