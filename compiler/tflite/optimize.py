@@ -1,4 +1,4 @@
-"""Peephole rewrites over the built TFLite operator list: fewer TRANSPOSEs, same outputs.
+"""Peephole rewrites over the built TFLite operator list: fewer TRANSPOSEs (and ops), same outputs.
 
 Lowering one ONNX node at a time leaves layout changes that cancel or merge across nodes (a
 Transpose in the ONNX graph next to the NHWC↔NCHW TRANSPOSE the context inserts, a softmax over a
@@ -11,6 +11,7 @@ none applies:
     unary ∘ transpose         → transpose ∘ unary, when a TRANSPOSE follows (so the two can merge)
     reshape ∘ transpose       → transpose ∘ reshape, when the reshape merges dims the transpose kept together
     concat of transposes      → transpose of the concat, when every input has the same perm
+    x·relu6(x + 3) / 6        → HARD_SWISH (how Paddle exports hardswish)
 
 A rule only touches a tensor that nothing else reads and that is not a graph output.
 
@@ -20,7 +21,7 @@ A rule only touches a tensor that nothing else reads and that is not a graph out
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tflite
@@ -28,6 +29,7 @@ import tflite
 from compiler.tflite.builder import Operator, TfliteBuilder
 
 _OP = tflite.BuiltinOperator
+_ACT = tflite.ActivationFunctionType
 # Ops that act on each element alone, so they commute with any transpose.
 _UNARY = {
     _OP.LOGISTIC, _OP.TANH, _OP.RELU, _OP.RELU6, _OP.RELU_N1_TO_1, _OP.LEAKY_RELU, _OP.HARD_SWISH, _OP.SQRT,
@@ -39,6 +41,7 @@ _UNARY = {
 class _Graph:
     builder: TfliteBuilder
     outputs: set[int]
+    removed: set[int] = field(default_factory=set)  # id() of operators taken out
 
     @property
     def ops(self) -> list[Operator]:
@@ -55,6 +58,15 @@ class _Graph:
     def producer(self, tensor: int) -> Operator | None:
         return next((op for op in self.ops if tensor in op.outputs), None)
 
+    def constant_value(self, tensor: int) -> float | None:
+        """The value of a float constant whose elements are all equal, else None."""
+        if tensor < 0 or self.builder.tensors[tensor].buffer == 0:
+            return None
+        data = self.builder.constant_data(tensor)
+        if data.dtype != np.float32 or data.size == 0 or not np.all(data == data.flat[0]):
+            return None
+        return float(data.flat[0])
+
     def perm(self, op: Operator) -> list[int]:
         return [int(p) for p in self.builder.constant_data(op.inputs[1])]
 
@@ -67,6 +79,14 @@ class _Graph:
 
     def remove(self, op: Operator) -> None:
         del self.ops[self.index(op)]
+        self.removed.add(id(op))
+
+    def replace(self, old: Operator, new: Operator) -> None:
+        """``new`` (just appended by ``builder.add_operator``) takes ``old``'s place."""
+        assert self.ops[-1] is new
+        self.ops.pop()
+        self.ops[self.index(old)] = new
+        self.removed.add(id(old))
 
     def replace_reads(self, old: int, new: int) -> None:
         for op in self.ops:
@@ -82,8 +102,11 @@ def optimize(builder: TfliteBuilder, inputs: list[int], outputs: list[int]) -> i
     before = _count(builder)
     changed = True
     while changed:
-        # The first rewrite ends the pass, so every operator looked at is still in the list.
-        changed = any(rule(graph, op) for rule in _RULES for op in list(graph.ops))
+        changed = False
+        for op in list(graph.ops):
+            for rule in _RULES:
+                if id(op) not in graph.removed and rule(graph, op):
+                    changed = True
     return before - _count(builder)
 
 
@@ -121,9 +144,7 @@ def _transpose_to_reshape(g: _Graph, op: Operator) -> bool:
     target = list(out.signature) if out.signature is not None else list(out.shape)
     if target.count(-1) > 1:
         return False
-    reshape = g.builder.add_operator(_OP.RESHAPE, [op.inputs[0], g.int32(target)], op.outputs)
-    g.ops.pop()  # add_operator appended it; it takes the TRANSPOSE's place instead
-    g.ops[g.index(op)] = reshape
+    g.replace(op, g.builder.add_operator(_OP.RESHAPE, [op.inputs[0], g.int32(target)], op.outputs))
     return True
 
 
@@ -242,7 +263,32 @@ def _transpose_below_concat(g: _Graph, concat: Operator) -> bool:
     return True
 
 
+def _hard_swish(g: _Graph, add: Operator) -> bool:
+    """ADD(x, 3) with a fused RELU6 → MUL by x → DIV by 6 (Paddle's hardswish) → one HARD_SWISH."""
+    if add.opcode != _OP.ADD or add.options is None or add.options.fields.get("FusedActivationFunction") != _ACT.RELU6:
+        return False
+    x = next((t for t in add.inputs if g.constant_value(t) is None), None)
+    if x is None or [g.constant_value(t) for t in add.inputs if t != x] != [3.0]:
+        return False
+    mul = g.only_reader(add.outputs[0])
+    if mul is None or mul.opcode != _OP.MUL or sorted(mul.inputs) != sorted([x, add.outputs[0]]) or _fused(mul):
+        return False
+    div = g.only_reader(mul.outputs[0])
+    if div is None or div.opcode != _OP.DIV or div.inputs[0] != mul.outputs[0] or _fused(div):
+        return False
+    if g.constant_value(div.inputs[1]) != 6.0:
+        return False
+    g.replace(div, g.builder.add_operator(_OP.HARD_SWISH, [x], list(div.outputs)))
+    g.remove(add)
+    g.remove(mul)
+    return True
+
+
+def _fused(op: Operator) -> bool:
+    return op.options is not None and op.options.fields.get("FusedActivationFunction", _ACT.NONE) != _ACT.NONE
+
+
 _RULES: list[Rule] = [
     _merge_transposes, _transpose_to_reshape, _merge_reshapes, _sink_transpose_below_unary, _reshape_before_transpose,
-    _transpose_below_concat,
+    _transpose_below_concat, _hard_swish,
 ]

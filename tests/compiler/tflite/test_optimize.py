@@ -76,3 +76,17 @@ def test_detection_head_concat_needs_one_transpose_back() -> None:
     data = lower_to_tflite(model)
     np.testing.assert_allclose(run_litert(data, x)[0], run_onnxruntime(model, x)[0], rtol=1e-5, atol=1e-5)
     assert opcodes(data).count(OP.TRANSPOSE) == 2  # the input's, and one after the concatenation
+
+
+def test_paddle_hardswish_becomes_one_hard_swish() -> None:
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"]),
+             helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+             helper.make_node("Mul", ["x", "c"], ["m"]),
+             helper.make_node("Div", ["m", "six"], ["y"])]
+    inits = {"three": np.array(3.0), "zero": np.array(0.0), "six": np.array(6.0)}
+    model = _model(nodes, [2, 3, 4, 4], None, inits)
+    x = {"x": 4 * np.random.default_rng(4).standard_normal((2, 3, 4, 4)).astype(np.float32)}
+    data = lower_to_tflite(model)
+    assert opcodes(data) == [OP.HARD_SWISH]
+    # Same formula, evaluated in another order: within a couple of ulp.
+    np.testing.assert_allclose(run_litert(data, x)[0], run_onnxruntime(model, x)[0], rtol=1e-6, atol=1e-6)
