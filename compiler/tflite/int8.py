@@ -34,7 +34,7 @@ IO_TYPES = ("float", "int8")
 # Output must carry input 0's parameters (the kernel moves or picks int8 values, it never rescales).
 SAME_PARAMS = frozenset({
     _OP.RESHAPE, _OP.TRANSPOSE, _OP.PAD, _OP.PADV2, _OP.MAX_POOL_2D, _OP.AVERAGE_POOL_2D, _OP.STRIDED_SLICE,
-    _OP.SPLIT_V, _OP.RESIZE_BILINEAR, _OP.RESIZE_NEAREST_NEIGHBOR,
+    _OP.SPLIT_V, _OP.RESIZE_BILINEAR, _OP.RESIZE_NEAREST_NEIGHBOR, _OP.GATHER,
 })
 # Every input and the output share one set of parameters.
 ALL_SAME = frozenset({_OP.CONCATENATION, _OP.MINIMUM, _OP.MAXIMUM})
@@ -47,11 +47,29 @@ FIXED = {
 # Requantize freely between input and output parameters.
 FREE = frozenset({
     _OP.ADD, _OP.SUB, _OP.MUL, _OP.MEAN, _OP.RELU, _OP.RELU6, _OP.RELU_N1_TO_1, _OP.LEAKY_RELU, _OP.HARD_SWISH,
+    _OP.BATCH_MATMUL,
 })
-WEIGHTED = frozenset({_OP.CONV_2D, _OP.DEPTHWISE_CONV_2D, _OP.FULLY_CONNECTED})
+
+
+@dataclass(frozen=True)
+class _Slots:
+    """Where a weighted op takes its activation, weights and bias, and the weights' output-channel
+    axis (TFLite's quantized_dimension)."""
+
+    x: int
+    weight: int
+    bias: int
+    channel_axis: int
+
+
+# CONV_2D (grouped too) and FULLY_CONNECTED weights are [O, ...], DEPTHWISE_CONV_2D [1, H, W, O];
+# TRANSPOSE_CONV takes (output shape, OHWI weights, x, bias).
+_WEIGHTED_SLOTS = {
+    _OP.CONV_2D: _Slots(0, 1, 2, 0), _OP.DEPTHWISE_CONV_2D: _Slots(0, 1, 2, 3), _OP.FULLY_CONNECTED: _Slots(0, 1, 2, 0),
+    _OP.TRANSPOSE_CONV: _Slots(2, 1, 3, 0),
+}
+WEIGHTED = frozenset(_WEIGHTED_SLOTS)
 INT8_OPS = SAME_PARAMS | ALL_SAME | set(FIXED) | FREE | WEIGHTED
-# Where each weighted op keeps its output channels (TFLite's quantized_dimension).
-_CHANNEL_AXIS = {_OP.CONV_2D: 0, _OP.DEPTHWISE_CONV_2D: 3, _OP.FULLY_CONNECTED: 0}
 
 
 def per_tensor(scale: float, zero_point: int) -> Quantization:
@@ -136,7 +154,7 @@ class _Pass:
 
     def _constant_ok(self, op: Operator, index: int, tensor: int) -> bool:
         if op.opcode in WEIGHTED:
-            return index == 2 or self._weight(op) is not None
+            return index == _WEIGHTED_SLOTS[op.opcode].bias or self._weight(op) is not None
         if op.opcode == _OP.PADV2 or op.opcode in ALL_SAME:
             return True  # quantized with the parameters the op shares
         w = self.weight_params(tensor)
@@ -216,8 +234,9 @@ class _Pass:
         b = self.builder
         w = self._weight(op)
         assert w is not None
-        x, weight, bias = op.inputs
-        axis = _CHANNEL_AXIS[op.opcode]
+        slots = _WEIGHTED_SLOTS[op.opcode]
+        x, weight, axis = op.inputs[slots.x], op.inputs[slots.weight], slots.channel_axis
+        bias = op.inputs[slots.bias] if len(op.inputs) > slots.bias else -1
         data = b.constant_data(weight)
         if w.axis is not None and w.scale.size != data.shape[axis]:
             raise TfliteLoweringError(

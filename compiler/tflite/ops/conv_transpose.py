@@ -50,6 +50,8 @@ def conv_transpose_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     cropped = tuple(full) != tuple(out_shape[2:])
     y = (ctx.new_tensor(f"{node.output[0]}_uncropped", uncropped, nhwc=True, like=node.input[0]) if cropped
          else ctx.define(node, out_shape, nhwc=True))
+    if cropped:  # the crop only drops pixels: int8 gives the full output the node's parameters
+        ctx.builder.tensors[y].source = node.output[0]
     sizes = ctx.int32([n, *full, out_channels])
     options = {"Padding": tflite.Padding.VALID, "StrideH": strides[0], "StrideW": strides[1]}
     ctx.emit(_OP.TRANSPOSE_CONV, [sizes, w, x, b], [y], Options("TransposeConvOptions", options))

@@ -171,6 +171,7 @@ def _softmax_middle_axis(ctx: LoweringContext, node: onnx.NodeProto, axis: int) 
     moved = ctx.new_tensor(f"{name}_axis_last", swapped, nhwc=False, like=node.input[0])
     ctx.emit(_OP.TRANSPOSE, [x, ctx.int32(perm)], [moved])
     soft = ctx.new_tensor(f"{name}_softmax", swapped, nhwc=False, like=node.input[0])
+    ctx.builder.tensors[soft].source = name  # the node's value, axes swapped: int8 reads its parameters
     ctx.emit(_OP.SOFTMAX, [moved], [soft], Options("SoftmaxOptions", {"Beta": 1.0}))
     y = ctx.define(node, ctx.output_shape(node), nhwc=False)
     ctx.emit(_OP.TRANSPOSE, [soft, ctx.int32(perm)], [y])

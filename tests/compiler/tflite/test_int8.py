@@ -74,6 +74,55 @@ def test_conv_weights_are_per_channel_on_axis_0_and_fully_connected_accepts_per_
         assert t.Quantization().ScaleLength() == weight.shape[0] > 1
 
 
+# The new ops' int8 forms: every operator int8 (only the edges' QUANTIZE/DEQUANTIZE are float),
+# except BATCH_MATMUL with a constant right side, which onnxruntime quantizes per channel and
+# TFLite's BATCH_MATMUL takes per tensor only: it stays a float island.
+INT8_KERNELS = {
+    "conv_grouped_2_groups_not_depthwise": "CONV_2D",
+    "conv_transpose_pads_output_padding": "TRANSPOSE_CONV",
+    "conv_transpose_after_conv": "TRANSPOSE_CONV",
+    "matmul_two_activations": "BATCH_MATMUL",
+    "gather_last_axis_of_nhwc": "GATHER",
+    "softmax_13_middle_axis_transposed": "SOFTMAX",
+}
+
+
+def _float_ops(data: bytes) -> list[str]:
+    """Operators (other than QUANTIZE / DEQUANTIZE) that write a float32 tensor."""
+    model = tflite.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    names = _opcodes(data)
+    return [
+        names[i] for i in range(graph.OperatorsLength())
+        if names[i] not in ("QUANTIZE", "DEQUANTIZE")
+        and any(graph.Tensors(t).Type() == tflite.TensorType.FLOAT32 for t in graph.Operators(i).OutputsAsNumpy())
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(INT8_KERNELS))
+def test_new_ops_run_int8_kernels(name: str) -> None:
+    data = lower_to_tflite(qdq_model(_case(name)), precision="int8")
+    assert INT8_KERNELS[name] in _opcodes(data)
+    assert _float_ops(data) == []
+
+
+def test_transpose_conv_weights_are_per_channel_on_output_channels_with_int32_bias() -> None:
+    # onnxruntime quantizes ConvTranspose's [C_in, C_out, kH, kW] weights along axis 1 (C_out);
+    # TFLite's TRANSPOSE_CONV takes OHWI weights, so the scales move to axis 0.
+    qdq = qdq_model(_case("conv_transpose_stride2_bias"))
+    tensors = _tensors(lower_to_tflite(qdq, precision="int8"))
+    weight, t = next(v for k, v in tensors.items() if k.endswith("_ohwi"))
+    assert weight is not None and weight.dtype == np.int8 and weight.shape[0] == 2
+    assert t.Quantization().QuantizedDimension() == 0 and t.Quantization().ScaleLength() == 2
+    bias, tb = next(v for k, v in tensors.items() if k.endswith("_bias"))
+    assert bias is not None and bias.dtype == np.int32 and tb.Quantization().ScaleLength() == 2
+
+
+def test_batch_matmul_with_per_channel_constant_is_a_float_island() -> None:
+    data = lower_to_tflite(qdq_model(_case("matmul_constant_rank3_rhs")), precision="int8")
+    assert _float_ops(data) == ["BATCH_MATMUL"]
+
+
 def test_float_io_adds_quantize_and_dequantize_int8_io_does_not() -> None:
     case = _case("conv_same_pads_bias")
     qdq = qdq_model(case)
