@@ -3,12 +3,14 @@
     builder (float ops, each tensor knows its ONNX value) + QuantPlan (onnxruntime's parameters)
         │  walk the operators in order
         ├─ op with an int8 kernel, every input/output quantized ─► int8 op
-        │     CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED: int8 weights (the QDQ initializer's
-        │     integers, per channel along TFLite's output-channel axis), int32 bias at in_s·w_s[c]
-        │     SAME_PARAMS ops (pool, reshape, transpose, pad, slice, …): output takes the input's
+        │     CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV: int8 weights (the QDQ
+        │     initializer's integers, per channel along TFLite's output-channel axis), int32 bias
+        │     at in_s·w_s[c]
+        │     SAME_PARAMS ops (pool, reshape, transpose, pad, slice, gather, …): output takes the input's
         │     parameters; where onnxruntime gave it others, a QUANTIZE (requantize) follows
         │     ALL_SAME ops (concat, min, max): inputs requantized to the output's parameters
         │     FIXED ops (softmax, logistic, tanh): the spec's output parameters, then requantize
+        │     FREE ops (add, mul, mean, hard-swish, batch-matmul, …): onnxruntime's parameters
         └─ anything else (a node the fidelity fallback kept in fp32, an op without an int8
            kernel): DEQUANTIZE → float op → QUANTIZE island
     model inputs/outputs: float with QUANTIZE / DEQUANTIZE at the edges, or int8 (``io="int8"``)
