@@ -8,8 +8,10 @@ import tflite
 from onnx import helper
 
 from compiler.tflite import lower_to_tflite
-from tests.compiler.tflite.cases import _model
+from tests.compiler.tflite.cases import Case, _model
+from tests.compiler.tflite.quantized import output_scales, qdq_model
 from tests.compiler.tflite.runners import run_litert, run_onnxruntime
+from tests.compiler.tflite.test_int8 import _float_ops
 from tests.compiler.tflite.test_lowering import opcodes
 
 OP = tflite.BuiltinOperator
@@ -90,3 +92,44 @@ def test_paddle_hardswish_becomes_one_hard_swish() -> None:
     assert opcodes(data) == [OP.HARD_SWISH]
     # Same formula, evaluated in another order: within a couple of ulp.
     np.testing.assert_allclose(run_litert(data, x)[0], run_onnxruntime(model, x)[0], rtol=1e-6, atol=1e-6)
+
+
+# ---- int8: the rules run before the int8 pass and keep what it needs ----------------------------
+
+
+def _int8_check(model: onnx.ModelProto, shape: list[int]) -> list[str]:
+    """Lower the model's QDQ graph to int8; the output must be within one step of onnxruntime and
+    the float operators are returned (none when the moved tensors kept their ONNX value, so the int8
+    pass found their parameters)."""
+    x = {"x": np.random.default_rng(5).standard_normal(shape).astype(np.float32)}
+    qdq = qdq_model(Case(model.graph.node[-1].op_type, "optimize_int8", model, x, 0, 0, ""))
+    data = lower_to_tflite(qdq, precision="int8")
+    for got, want, scale in zip(run_litert(data, x), run_onnxruntime(qdq, x), output_scales(qdq).values(), strict=True):
+        assert scale is not None and float(np.abs(got - want).max()) <= scale * (1 + 1e-4)
+    return _float_ops(data)
+
+
+def test_int8_sigmoid_between_transposes_keeps_its_parameters() -> None:
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Sigmoid", ["t"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["u"], perm=[0, 2, 1]),
+             helper.make_node("Relu", ["u"], ["y"])]
+    assert _int8_check(_model(nodes, [2, 3, 4], None), [2, 3, 4]) == []
+
+
+def test_int8_concat_below_moved_transposes_keeps_its_parameters() -> None:
+    r = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Conv", ["x", "w2"], ["c2"], strides=[2, 2]),
+        helper.make_node("Reshape", ["c1", "s1"], ["f1"]),
+        helper.make_node("Reshape", ["c2", "s2"], ["f2"]),
+        helper.make_node("Concat", ["f1", "f2"], ["y"], axis=2),
+    ]
+    model = _model(nodes, [1, 2, 4, 4], None, {"w1": r.standard_normal((3, 2, 1, 1)),
+                                                "w2": r.standard_normal((3, 2, 1, 1))})
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(v, dtype=np.int64), n)
+                                    for n, v in (("s1", [1, 3, 16]), ("s2", [1, 3, 4]))])
+    data = lower_to_tflite(model)
+    assert opcodes(data).count(OP.TRANSPOSE) == 2  # the concat rule fired in fp32 ...
+    assert _int8_check(model, [1, 2, 4, 4]) == []  # ... and in int8 the concat stayed int8
