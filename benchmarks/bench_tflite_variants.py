@@ -1,6 +1,6 @@
 """The tflite-fp32 / tflite-fp16 / tflite-int8 artifacts of one LiteRT target, measured in LiteRT.
 
-    .venv/bin/python -m benchmarks.bench_tflite_variants [--quick] [--models digits_cnn,mnist_cnn]
+    .venv/bin/python -m benchmarks.bench_tflite_variants [--quick] [--models digits_cnn,mnist_cnn,ppocr_cls]
 
 Per model and precision: file size and LiteRT latency relative to tflite-fp32 (batch 1, one
 thread, runs interleaved so drift hits every file alike) with XNNPACK (LiteRT's default) and with
@@ -28,7 +28,7 @@ from edgectl.targets import load_target
 from tests import zoo
 
 TARGET = "arm64-cortex-a76"  # lists int8, fp16 and fp32, and LiteRT
-DEFAULT_MODELS = "digits_cnn,mnist_cnn"
+DEFAULT_MODELS = "digits_cnn,mnist_cnn,ppocr_cls"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
