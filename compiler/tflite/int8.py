@@ -10,6 +10,7 @@
         │     parameters; where onnxruntime gave it others, a QUANTIZE (requantize) follows
         │     ALL_SAME ops (concat, min, max): inputs requantized to the output's parameters
         │     FIXED ops (softmax, logistic, tanh): the spec's output parameters, then requantize
+        │     (FREE readers such as SiLU's MUL read the spec-parameters tensor directly)
         │     FREE ops (add, mul, mean, hard-swish, batch-matmul, …): onnxruntime's parameters
         └─ anything else (a node the fidelity fallback kept in fp32, an op without an int8
            kernel): DEQUANTIZE → float op → QUANTIZE island
@@ -20,7 +21,7 @@ Parameter rules are TFLite's quantization spec (tensorflow.org/lite/performance/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -87,6 +88,7 @@ class _Pass:
     ops: list[Operator]
     dequantized: dict[int, int]  # int8 tensor → its float view (DEQUANTIZE), shared by float ops
     converted: dict[tuple[int, Quantization], int]  # float constant → its int8 copy
+    unscaled: dict[int, int] = field(default_factory=dict)  # FIXED op output → its spec-params tensor
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -195,6 +197,8 @@ class _Pass:
 
     def int8_op(self, op: Operator) -> None:
         b = self.builder
+        if op.opcode in FREE:
+            op.inputs = [self.unscaled.get(t, t) for t in op.inputs]
         if op.opcode in WEIGHTED:
             self._weighted(op)
         elif op.opcode in ALL_SAME or op.opcode == _OP.PADV2:
@@ -223,6 +227,8 @@ class _Pass:
                 temp = self.like(tensor, "unscaled", np.int8, want)
                 op.outputs[i] = temp
                 after.append((temp, tensor))
+                if op.opcode in FIXED:
+                    self.unscaled[tensor] = temp
         self.ops.append(op)
         for temp, tensor in after:
             self.emit(_OP.QUANTIZE, [temp], [tensor])
@@ -322,5 +328,10 @@ def quantize_builder(
     for tensor, q in p.params.items():
         builder.tensors[tensor].dtype = np.dtype(np.int8)
         builder.tensors[tensor].quantization = q
-    builder.operators = p.ops
+    builder.operators = _without_dead_quantize(p.ops, set(new_outputs))
     return new_inputs, new_outputs
+
+
+def _without_dead_quantize(ops: list[Operator], outputs: set[int]) -> list[Operator]:
+    read = {t for op in ops for t in op.inputs} | outputs
+    return [op for op in ops if op.opcode != _OP.QUANTIZE or op.outputs[0] in read]

@@ -148,6 +148,22 @@ def test_tanh_output_is_requantized_from_the_spec_parameters() -> None:
     assert ops == ["QUANTIZE", "TANH", "QUANTIZE", "DEQUANTIZE"]  # TANH writes (1/128, 0), then onnxruntime's
 
 
+def test_silu_multiplies_the_logistic_output_without_requantizing_it() -> None:
+    # MUL takes any input parameters, so it reads LOGISTIC's (1/256, -128) output directly: one
+    # rounding instead of two, and one QUANTIZE less per SiLU (YOLOv8n has 58).
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"x": np.random.default_rng(7).uniform(-6, 6, (2, 16)).astype(np.float32)}
+    qdq = qdq_model(Case("Mul", "silu", model, x, 0, 0, ""))
+    data = lower_to_tflite(qdq, precision="int8")
+    assert _opcodes(data) == ["QUANTIZE", "LOGISTIC", "MUL", "DEQUANTIZE"]
+    scale = output_scales(qdq)["y"]
+    assert scale is not None
+    assert float(np.abs(run_litert(data, x)[0] - run_onnxruntime(qdq, x)[0]).max()) <= scale * (1 + 1e-4)
+
+
 def test_node_left_in_float_becomes_a_dequantize_float_quantize_island() -> None:
     """The fidelity fallback excludes nodes from quantization; they must run in float between int8 ops."""
     import tempfile
