@@ -9,6 +9,9 @@ depends on the model, so each carries its own bound with the measured value and 
 - MobileNetV3-Small (seeded weights, 32 photos): its 1000 logits sit a median 2 LSB apart
   (top-1 vs top-2 of the ONNX int8 output), so one LSB flips top-1 and top-1 agreement is not a
   meaningful gate; it is held by cosine and max LSB, and disagreements must be near-ties.
+- PP-OCRv4 rec (SVTR, 48 rendered lines × 40 positions): per-position top-1; its attention runs
+  int8 BATCH_MATMULs and the drift through them flips a few positions by a wide margin (the
+  compile refuses its int8 for accuracy anyway; here it is forced).
 - YOLOv8n (NudeNet, 32 crops): boxes and class scores share one output scale (1.25 px after
   onnxruntime's concat), so class scores are 0 or 1 LSB in both; the box rows carry the drift,
   amplified by the DFL softmax (a 1 LSB logit step of its coarse input scale moves a bin
@@ -45,6 +48,7 @@ class Bound:
     max_lsb: float  # of the output scale
     max_mean_lsb: float
     max_float_ops: int  # operators computing in float in tflite-int8 (islands of ops ORT keeps float)
+    max_fp16_error: float = 2e-2  # tflite-fp16 vs tflite-fp32, relative to the output's largest magnitude
 
 
 BOUNDS = {
@@ -55,6 +59,10 @@ BOUNDS = {
     # cosine 0.9979; 115 float ops (HardSigmoid, ReduceMean → Gather of the SE blocks: float in
     # the QDQ graph too).
     "mobilenet_v3_small": Bound(None, 0.995, 8.0, 1.0, 115),
+    # measured: 1913/1920 positions agree, mean 0.0005 LSB, cosine 0.9987, max 252 LSB (a flipped
+    # position's probabilities); 64 float ops (LayerNorm's MEAN/SUB/SQRT/DIV, float in the QDQ
+    # graph too). fp16: 4.1e-2 of the largest probability, every position's argmax kept.
+    "ppocr_rec": Bound(0.99, 0.995, 256.0, 0.01, 64, max_fp16_error=6e-2),
     # measured: max 21 LSB (26 px) on one box coordinate, mean 0.20 LSB (1.1 on the box rows),
     # cosine 0.99990; 4 float ops (the anchor arithmetic Sub/Add/Div/Mul, float in the QDQ graph).
     "yolov8n_nudenet": Bound(None, 0.9995, 40.0, 0.5, 4),
@@ -105,10 +113,11 @@ def test_zoo_tflite_int8_agrees_with_onnx_int8_and_fp16_with_fp32(name: str, zoo
     margin = (ranked[..., -1] - ranked[..., -2]) / scale
     agree = got.argmax(-1) == want.argmax(-1)
     floats = _float_ops(files["tflite-int8"])
+    top1 = f"{agree.mean():.2%}" if bound.min_top1 is not None or model.task == "classify" else "-"
     fp16, fp32 = run(files["tflite-fp16"], data).values[0], run(files["tflite-fp32"], data).values[0]
     fp16_error = float(np.abs(fp16 - fp32).max() / np.abs(fp32).max())
     print(f"{name}, {len(want)} eval samples: tflite-int8 vs ONNX int8 max {lsb.max():.2f} LSB, mean {lsb.mean():.3f}, "
-          f"cosine {cosine:.6f}, top-1 {f'{agree.mean():.2%}' if model.task == 'classify' else '-'}, {floats} float ops; tflite-fp16 vs fp32 max rel err "
+          f"cosine {cosine:.6f}, top-1 {top1}, {floats} float ops; tflite-fp16 vs fp32 max rel err "
           f"{fp16_error:.2e}, cosine {_cosine(fp16, fp32):.7f}")
     assert cosine >= bound.min_cosine and lsb.max() <= bound.max_lsb and lsb.mean() <= bound.max_mean_lsb
     assert floats <= bound.max_float_ops
@@ -118,6 +127,6 @@ def test_zoo_tflite_int8_agrees_with_onnx_int8_and_fp16_with_fp32(name: str, zoo
         # A flip needs the two top logits within the LSBs the runtimes differ by.
         assert np.all(margin[~agree] <= 2 * lsb.max(axis=-1)[~agree])
     # fp16 weights: 11 significant bits, so a few 1e-3 of the output's scale after a deep network.
-    assert _cosine(fp16, fp32) > 0.9999 and fp16_error < 2e-2
-    if model.task == "classify":
+    assert _cosine(fp16, fp32) > 0.9999 and fp16_error < bound.max_fp16_error
+    if bound.min_top1 is not None:
         assert float((fp16.argmax(-1) == fp32.argmax(-1)).mean()) >= 0.95
