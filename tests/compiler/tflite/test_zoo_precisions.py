@@ -1,4 +1,4 @@
-"""The zoo's real CNNs compiled for a LiteRT target (arm64-cortex-a76) at int8 and fp16 (slow).
+"""The zoo's real models compiled for a LiteRT target (arm64-cortex-a76) at int8 and fp16 (slow).
 
 tflite-int8 is held to the ONNX int8 artifact it shares its scales with, run in onnxruntime:
 the two integer pipelines differ only where they round a requantization tie differently (one
