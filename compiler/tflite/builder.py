@@ -66,7 +66,7 @@ class Tensor:
     dtype: np.dtype
     buffer: int
     signature: tuple[int, ...] | None  # shape with -1 for a dynamic batch, None when static
-    source: str | None = None  # the ONNX value it holds (any layout), when it holds one exactly
+    source: str | None = None  # the ONNX value it holds (any layout; or uncropped), whose int8 parameters it takes
     quantization: Quantization | None = None
 
 

@@ -3,12 +3,15 @@
     builder (float ops, each tensor knows its ONNX value) + QuantPlan (onnxruntime's parameters)
         │  walk the operators in order
         ├─ op with an int8 kernel, every input/output quantized ─► int8 op
-        │     CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED: int8 weights (the QDQ initializer's
-        │     integers, per channel along TFLite's output-channel axis), int32 bias at in_s·w_s[c]
-        │     SAME_PARAMS ops (pool, reshape, transpose, pad, slice, …): output takes the input's
+        │     CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV: int8 weights (the QDQ
+        │     initializer's integers, per channel along TFLite's output-channel axis), int32 bias
+        │     at in_s·w_s[c]
+        │     SAME_PARAMS ops (pool, reshape, transpose, pad, slice, gather, …): output takes the input's
         │     parameters; where onnxruntime gave it others, a QUANTIZE (requantize) follows
         │     ALL_SAME ops (concat, min, max): inputs requantized to the output's parameters
         │     FIXED ops (softmax, logistic, tanh): the spec's output parameters, then requantize
+        │     (FREE readers such as SiLU's MUL read the spec-parameters tensor directly)
+        │     FREE ops (add, mul, mean, hard-swish, batch-matmul, …): onnxruntime's parameters
         └─ anything else (a node the fidelity fallback kept in fp32, an op without an int8
            kernel): DEQUANTIZE → float op → QUANTIZE island
     model inputs/outputs: float with QUANTIZE / DEQUANTIZE at the edges, or int8 (``io="int8"``)
@@ -18,7 +21,7 @@ Parameter rules are TFLite's quantization spec (tensorflow.org/lite/performance/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -34,7 +37,7 @@ IO_TYPES = ("float", "int8")
 # Output must carry input 0's parameters (the kernel moves or picks int8 values, it never rescales).
 SAME_PARAMS = frozenset({
     _OP.RESHAPE, _OP.TRANSPOSE, _OP.PAD, _OP.PADV2, _OP.MAX_POOL_2D, _OP.AVERAGE_POOL_2D, _OP.STRIDED_SLICE,
-    _OP.SPLIT_V, _OP.RESIZE_BILINEAR, _OP.RESIZE_NEAREST_NEIGHBOR,
+    _OP.SPLIT_V, _OP.RESIZE_BILINEAR, _OP.RESIZE_NEAREST_NEIGHBOR, _OP.GATHER,
 })
 # Every input and the output share one set of parameters.
 ALL_SAME = frozenset({_OP.CONCATENATION, _OP.MINIMUM, _OP.MAXIMUM})
@@ -47,11 +50,29 @@ FIXED = {
 # Requantize freely between input and output parameters.
 FREE = frozenset({
     _OP.ADD, _OP.SUB, _OP.MUL, _OP.MEAN, _OP.RELU, _OP.RELU6, _OP.RELU_N1_TO_1, _OP.LEAKY_RELU, _OP.HARD_SWISH,
+    _OP.BATCH_MATMUL,
 })
-WEIGHTED = frozenset({_OP.CONV_2D, _OP.DEPTHWISE_CONV_2D, _OP.FULLY_CONNECTED})
+
+
+@dataclass(frozen=True)
+class _Slots:
+    """Where a weighted op takes its activation, weights and bias, and the weights' output-channel
+    axis (TFLite's quantized_dimension)."""
+
+    x: int
+    weight: int
+    bias: int
+    channel_axis: int
+
+
+# CONV_2D (grouped too) and FULLY_CONNECTED weights are [O, ...], DEPTHWISE_CONV_2D [1, H, W, O];
+# TRANSPOSE_CONV takes (output shape, OHWI weights, x, bias).
+_WEIGHTED_SLOTS = {
+    _OP.CONV_2D: _Slots(0, 1, 2, 0), _OP.DEPTHWISE_CONV_2D: _Slots(0, 1, 2, 3), _OP.FULLY_CONNECTED: _Slots(0, 1, 2, 0),
+    _OP.TRANSPOSE_CONV: _Slots(2, 1, 3, 0),
+}
+WEIGHTED = frozenset(_WEIGHTED_SLOTS)
 INT8_OPS = SAME_PARAMS | ALL_SAME | set(FIXED) | FREE | WEIGHTED
-# Where each weighted op keeps its output channels (TFLite's quantized_dimension).
-_CHANNEL_AXIS = {_OP.CONV_2D: 0, _OP.DEPTHWISE_CONV_2D: 3, _OP.FULLY_CONNECTED: 0}
 
 
 def per_tensor(scale: float, zero_point: int) -> Quantization:
@@ -67,6 +88,7 @@ class _Pass:
     ops: list[Operator]
     dequantized: dict[int, int]  # int8 tensor → its float view (DEQUANTIZE), shared by float ops
     converted: dict[tuple[int, Quantization], int]  # float constant → its int8 copy
+    unscaled: dict[int, int] = field(default_factory=dict)  # FIXED op output → its spec-params tensor
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -136,7 +158,7 @@ class _Pass:
 
     def _constant_ok(self, op: Operator, index: int, tensor: int) -> bool:
         if op.opcode in WEIGHTED:
-            return index == 2 or self._weight(op) is not None
+            return index == _WEIGHTED_SLOTS[op.opcode].bias or self._weight(op) is not None
         if op.opcode == _OP.PADV2 or op.opcode in ALL_SAME:
             return True  # quantized with the parameters the op shares
         w = self.weight_params(tensor)
@@ -175,6 +197,8 @@ class _Pass:
 
     def int8_op(self, op: Operator) -> None:
         b = self.builder
+        if op.opcode in FREE:
+            op.inputs = [self.unscaled.get(t, t) for t in op.inputs]
         if op.opcode in WEIGHTED:
             self._weighted(op)
         elif op.opcode in ALL_SAME or op.opcode == _OP.PADV2:
@@ -203,6 +227,8 @@ class _Pass:
                 temp = self.like(tensor, "unscaled", np.int8, want)
                 op.outputs[i] = temp
                 after.append((temp, tensor))
+                if op.opcode in FIXED:
+                    self.unscaled[tensor] = temp
         self.ops.append(op)
         for temp, tensor in after:
             self.emit(_OP.QUANTIZE, [temp], [tensor])
@@ -216,8 +242,9 @@ class _Pass:
         b = self.builder
         w = self._weight(op)
         assert w is not None
-        x, weight, bias = op.inputs
-        axis = _CHANNEL_AXIS[op.opcode]
+        slots = _WEIGHTED_SLOTS[op.opcode]
+        x, weight, axis = op.inputs[slots.x], op.inputs[slots.weight], slots.channel_axis
+        bias = op.inputs[slots.bias] if len(op.inputs) > slots.bias else -1
         data = b.constant_data(weight)
         if w.axis is not None and w.scale.size != data.shape[axis]:
             raise TfliteLoweringError(
@@ -301,5 +328,10 @@ def quantize_builder(
     for tensor, q in p.params.items():
         builder.tensors[tensor].dtype = np.dtype(np.int8)
         builder.tensors[tensor].quantization = q
-    builder.operators = p.ops
+    builder.operators = _without_dead_quantize(p.ops, set(new_outputs))
     return new_inputs, new_outputs
+
+
+def _without_dead_quantize(ops: list[Operator], outputs: set[int]) -> list[Operator]:
+    read = {t for op in ops for t in op.inputs} | outputs
+    return [op for op in ops if op.opcode != _OP.QUANTIZE or op.outputs[0] in read]

@@ -7,8 +7,10 @@ import onnx
 import compiler.tflite.ops  # noqa: F401  (registers the lowerings)
 from compiler.tflite.context import LoweringContext
 from compiler.tflite.errors import TfliteLoweringError
+from compiler.tflite.fold import fold_constants
 from compiler.tflite.fp16 import fp16_weights
 from compiler.tflite.int8 import IO_TYPES, quantize_builder
+from compiler.tflite.optimize import optimize
 from compiler.tflite.qdq import is_qdq, strip_qdq
 from compiler.tflite.registry import resolve
 
@@ -42,6 +44,7 @@ def lower_to_tflite(model: onnx.ModelProto, *, precision: str = "fp32", io: str 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise TfliteLoweringError("the model imports no default-domain opset; is it an ONNX model?")
+    model = fold_constants(model)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
@@ -62,6 +65,9 @@ def lower_to_tflite(model: onnx.ModelProto, *, precision: str = "fp32", io: str 
         ctx.node = _key(node)
         resolve(node, opset)(ctx, node)
     outputs = [_output(ctx, info.name) for info in graph.output]
+    # On the float operators, before int8: the rules keep each tensor's ONNX value (Tensor.source),
+    # so the int8 pass still finds onnxruntime's parameters for what they moved.
+    optimize(ctx.builder, inputs, outputs)
     if plan is not None:
         nodes = {_key(node): node for node in graph.node}
         inputs, outputs = quantize_builder(ctx.builder, plan, nodes, inputs, outputs, io)

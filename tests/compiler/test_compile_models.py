@@ -99,8 +99,11 @@ def test_pretrained_models_compile_for_every_target(name: str, zoo_cache: Path, 
             continue
         assert row["emitted"], row
         if row["precision"] == "int8":
-            # Scales, int32 biases and Q/DQ nodes are a fixed cost that small models feel.
-            assert row["size_ratio"] < (0.27 if model.params > 1_000_000 else 0.45)
+            # Scales, int32 biases and Q/DQ nodes are a fixed cost that small models feel. TFLite's
+            # costs more: each per-channel weight and int32 bias carries a float32 scale and an int64
+            # zero point per output channel (77 KB of PP-OCR cls's 257 KB tflite-int8 file).
+            small = 0.5 if row["format"] == "tflite" else 0.45
+            assert row["size_ratio"] < (0.27 if model.params > 1_000_000 else small), row["variant"]
             fid = row["fidelity"]
             if fid["top1_agreement"] is not None:
                 assert fid["top1_agreement"] >= 0.99

@@ -1,4 +1,5 @@
-"""Gemm / MatMul with a constant right-hand side → FULLY_CONNECTED (weights stored [out, in])."""
+"""Gemm / MatMul with a constant right-hand side → FULLY_CONNECTED (weights stored [out, in]); other
+MatMuls are BATCH_MATMUL (ops/arithmetic.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tflite
 
 from compiler.tflite.builder import Options
 from compiler.tflite.context import NONE, LoweringContext
+from compiler.tflite.ops.arithmetic import batch_matmul
 from compiler.tflite.registry import lowering
 
 
@@ -31,8 +33,9 @@ def gemm_7(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 @lowering("MatMul", since=1)
 def matmul_1(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     weight = ctx.constant(node.input[1])
-    if weight is None or weight.ndim != 2:
-        raise ctx.fail(node, "only a constant 2-D right-hand side is supported (BATCH_MATMUL is not lowered yet)")
+    if weight is None or weight.ndim != 2 or ctx.constant(node.input[0]) is not None:
+        batch_matmul(ctx, node)
+        return
     _fully_connected(ctx, node, weight.astype(np.float32).T, None)
 
 

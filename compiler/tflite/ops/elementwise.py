@@ -151,10 +151,30 @@ def _softmax(ctx: LoweringContext, node: onnx.NodeProto, axis: int, *, channels_
     # A softmax over channels of an NHWC tensor is a last-axis softmax: no transpose needed.
     nhwc = channels_ok and axis == 1 and ctx.is_nhwc(node.input[0])
     if not nhwc and axis != rank - 1:
-        raise ctx.fail(node, f"softmax over axis {axis} of a rank-{rank} tensor; only the last axis is supported")
+        if not channels_ok:
+            raise ctx.fail(node, f"softmax over axis {axis} of a rank-{rank} tensor; only the last axis is supported")
+        _softmax_middle_axis(ctx, node, axis)
+        return
     x = ctx.tensor(node.input[0], nhwc=nhwc)
     y = ctx.define(node, ctx.output_shape(node), nhwc=nhwc)
     ctx.emit(_OP.SOFTMAX, [x], [y], Options("SoftmaxOptions", {"Beta": 1.0}))
+
+
+def _softmax_middle_axis(ctx: LoweringContext, node: onnx.NodeProto, axis: int) -> None:
+    """TRANSPOSE ``axis`` last, SOFTMAX, TRANSPOSE back (the swap is its own inverse)."""
+    shape = ctx.shape(node.input[0])
+    perm = list(range(len(shape)))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    swapped = tuple(shape[p] for p in perm)
+    x = ctx.tensor(node.input[0], nhwc=False)
+    name = node.output[0]
+    moved = ctx.new_tensor(f"{name}_axis_last", swapped, nhwc=False, like=node.input[0])
+    ctx.emit(_OP.TRANSPOSE, [x, ctx.int32(perm)], [moved])
+    soft = ctx.new_tensor(f"{name}_softmax", swapped, nhwc=False, like=node.input[0])
+    ctx.builder.tensors[soft].source = name  # the node's value, axes swapped: int8 reads its parameters
+    ctx.emit(_OP.SOFTMAX, [moved], [soft], Options("SoftmaxOptions", {"Beta": 1.0}))
+    y = ctx.define(node, ctx.output_shape(node), nhwc=False)
+    ctx.emit(_OP.TRANSPOSE, [soft, ctx.int32(perm)], [y])
 
 
 def _unary(ctx: LoweringContext, node: onnx.NodeProto, opcode: int, options: Options | None = None) -> None:

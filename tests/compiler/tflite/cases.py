@@ -64,6 +64,7 @@ def _x(shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
 # Sums of a few dozen fp32 products, accumulated in another order than onnxruntime's.
 _ACCUMULATE = "fp32 dot products accumulated in a different order (and by XNNPACK's kernels)"
 _EXACT = "no arithmetic beyond one correctly rounded fp32 op per element"
+_SQRT = "LiteRT's (XNNPACK's) vector sqrt is within 1 ulp, measured off by one ulp on 20% of values"
 _TRANSCENDENTAL = "exp/tanh approximations differ between the two runtimes by a few ulp"
 _FOLDED_FP16 = ("the lowering folds BN into scale/shift (or weights) in float64 and rounds the folded constants "
                 "to fp16; the reference rounds mean, variance, scale and bias separately")
@@ -461,10 +462,108 @@ def slice_op() -> list[Case]:
     ]
 
 
+def shape_chain() -> list[Case]:
+    """What exporters write for ``x.view(x.size(0), -1, 2)``: Shape → Gather → Unsqueeze → Concat → Reshape."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    model = _int64(_model(nodes, ["N", 3, 4], None), zero=[0], axes=[0], rest=[-1, 2])
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"))
+    softmax_dfl = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+    return [
+        Case("Shape", "shape_chain_folded_with_batch_fixed", model, _x((1, 3, 4)), 0, 0, _EXACT),
+        Case("Softmax", "softmax_13_middle_axis_transposed", _model([softmax_dfl], [1, 4, 16, 5], None),
+             _x((1, 4, 16, 5)), 1e-5, 1e-7, _TRANSCENDENTAL),
+    ]
+
+
+def grouped_conv() -> list[Case]:
+    r = _rng(40)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=2, pads=[1, 1, 1, 1], strides=[2, 1])
+    inits = {"w": r.standard_normal((6, 2, 3, 3)), "b": r.standard_normal(6)}
+    return [Case("Conv", "conv_grouped_2_groups_not_depthwise", _model([node], [1, 4, 7, 7], None, inits),
+                 _x((1, 4, 7, 7)), 1e-5, 1e-5, _ACCUMULATE)]
+
+
+def conv_transpose() -> list[Case]:
+    r = _rng(41)
+    inits = {"w": r.standard_normal((3, 2, 3, 3)), "b": r.standard_normal(2)}
+    plain = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2])
+    padded = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1],
+                              output_padding=[1, 1])
+    same = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2], auto_pad="SAME_UPPER")
+    after_conv = [helper.make_node("Conv", ["x", "c_w"], ["c"]),
+                  helper.make_node("ConvTranspose", ["c", "w", "b"], ["y"], kernel_shape=[3, 3])]
+    return [
+        Case("ConvTranspose", "conv_transpose_stride2_bias", _model([plain], [1, 3, 4, 5], None, inits),
+             _x((1, 3, 4, 5)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("ConvTranspose", "conv_transpose_pads_output_padding", _model([padded], [1, 3, 4, 5], None, inits),
+             _x((1, 3, 4, 5)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("ConvTranspose", "conv_transpose_same_upper", _model([same], [1, 3, 4, 5], None, {"w": inits["w"]}),
+             _x((1, 3, 4, 5)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("ConvTranspose", "conv_transpose_after_conv",
+             _model(after_conv, [1, 2, 4, 4], None, {**inits, "c_w": _w(3, 2)}), _x((1, 2, 4, 4)), 1e-5, 1e-5,
+             _ACCUMULATE),
+    ]
+
+
+def pow_op() -> list[Case]:
+    def one(name: str, exponent: float, tol: float, why: str) -> Case:
+        node = helper.make_node("Pow", ["x", "e"], ["y"])
+        x = {"x": _rng(42).uniform(0.1, 3.0, (2, 3, 4)).astype(np.float32)}
+        return Case("Pow", name, _model([node], [2, 3, 4], None, {"e": np.array(exponent)}), x, tol, tol, why)
+
+    return [
+        one("pow_2_is_mul", 2.0, 0, _EXACT),
+        one("pow_half_is_sqrt", 0.5, 2.5e-7, _SQRT),
+        one("pow_3", 3.0, 1e-6, "TFLite's POW and std::pow round x³ differently by an ulp or two"),
+    ]
+
+
+def sqrt() -> list[Case]:
+    node = helper.make_node("Sqrt", ["x"], ["y"])
+    x = {"x": _rng(43).uniform(0.0, 5.0, (2, 3, 4, 4)).astype(np.float32)}
+    return [Case("Sqrt", "sqrt", _model([node], [2, 3, 4, 4], None), x, 2.5e-7, 0, _SQRT)]
+
+
+def batch_matmul() -> list[Case]:
+    """Attention scores: q · kᵀ of two activations, with a broadcast batch."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["x", "xt"], ["y"]),
+    ]
+    const = helper.make_node("MatMul", ["x", "k"], ["y"])
+    return [
+        Case("MatMul", "matmul_two_activations", _model(nodes, [2, 3, 4, 5], None), _x((2, 3, 4, 5)), 1e-5, 1e-5,
+             _ACCUMULATE),
+        Case("MatMul", "matmul_constant_rank3_rhs",
+             _model([const], [3, 4, 5], None, {"k": _rng(44).standard_normal((3, 5, 2))}), _x((3, 4, 5)), 1e-5,
+             1e-5, _ACCUMULATE),
+    ]
+
+
+def gather() -> list[Case]:
+    rows = helper.make_node("Gather", ["x", "idx"], ["y"], axis=1)
+    after_conv = helper.make_node("Gather", ["c", "idx"], ["y"], axis=-1)
+    m1 = _int64(_model([rows], ["N", 5, 3], None), idx=[[4, 0], [-1, 2]])
+    m2 = _int64(_model(_conv_then(after_conv), [1, 2, 3, 5], None, {"w": _w(3, 2)}), idx=[1, 3])
+    return [
+        Case("Gather", "gather_2d_indices_negative", m1, _x((2, 5, 3)), 0, 0, _EXACT),
+        Case("Gather", "gather_last_axis_of_nhwc", m2, _x((1, 2, 3, 5)), 1e-5, 1e-5, _ACCUMULATE),
+    ]
+
+
 CASE_BUILDERS: list[Callable[[], list[Case]]] = [
     conv, relu, max_pool, average_pool, global_average_pool, gemm, matmul, flatten, reshape, add, mul, softmax,
     sigmoid, tanh, identity, dropout, constant, batch_normalization, clip, leaky_relu, hard_sigmoid, hard_swish,
     sub, div, depthwise_conv, concat, transpose, squeeze, unsqueeze, pad_op, resize, reduce_mean, split, slice_op,
+    shape_chain, grouped_conv, conv_transpose, pow_op, sqrt, batch_matmul,
+    gather,
 ]
 
 

@@ -74,6 +74,55 @@ def test_conv_weights_are_per_channel_on_axis_0_and_fully_connected_accepts_per_
         assert t.Quantization().ScaleLength() == weight.shape[0] > 1
 
 
+# The new ops' int8 forms: every operator int8 (only the edges' QUANTIZE/DEQUANTIZE are float),
+# except BATCH_MATMUL with a constant right side, which onnxruntime quantizes per channel and
+# TFLite's BATCH_MATMUL takes per tensor only: it stays a float island.
+INT8_KERNELS = {
+    "conv_grouped_2_groups_not_depthwise": "CONV_2D",
+    "conv_transpose_pads_output_padding": "TRANSPOSE_CONV",
+    "conv_transpose_after_conv": "TRANSPOSE_CONV",
+    "matmul_two_activations": "BATCH_MATMUL",
+    "gather_last_axis_of_nhwc": "GATHER",
+    "softmax_13_middle_axis_transposed": "SOFTMAX",
+}
+
+
+def _float_ops(data: bytes) -> list[str]:
+    """Operators (other than QUANTIZE / DEQUANTIZE) that write a float32 tensor."""
+    model = tflite.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    names = _opcodes(data)
+    return [
+        names[i] for i in range(graph.OperatorsLength())
+        if names[i] not in ("QUANTIZE", "DEQUANTIZE")
+        and any(graph.Tensors(t).Type() == tflite.TensorType.FLOAT32 for t in graph.Operators(i).OutputsAsNumpy())
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(INT8_KERNELS))
+def test_new_ops_run_int8_kernels(name: str) -> None:
+    data = lower_to_tflite(qdq_model(_case(name)), precision="int8")
+    assert INT8_KERNELS[name] in _opcodes(data)
+    assert _float_ops(data) == []
+
+
+def test_transpose_conv_weights_are_per_channel_on_output_channels_with_int32_bias() -> None:
+    # onnxruntime quantizes ConvTranspose's [C_in, C_out, kH, kW] weights along axis 1 (C_out);
+    # TFLite's TRANSPOSE_CONV takes OHWI weights, so the scales move to axis 0.
+    qdq = qdq_model(_case("conv_transpose_stride2_bias"))
+    tensors = _tensors(lower_to_tflite(qdq, precision="int8"))
+    weight, t = next(v for k, v in tensors.items() if k.endswith("_ohwi"))
+    assert weight is not None and weight.dtype == np.int8 and weight.shape[0] == 2
+    assert t.Quantization().QuantizedDimension() == 0 and t.Quantization().ScaleLength() == 2
+    bias, tb = next(v for k, v in tensors.items() if k.endswith("_bias"))
+    assert bias is not None and bias.dtype == np.int32 and tb.Quantization().ScaleLength() == 2
+
+
+def test_batch_matmul_with_per_channel_constant_is_a_float_island() -> None:
+    data = lower_to_tflite(qdq_model(_case("matmul_constant_rank3_rhs")), precision="int8")
+    assert _float_ops(data) == ["BATCH_MATMUL"]
+
+
 def test_float_io_adds_quantize_and_dequantize_int8_io_does_not() -> None:
     case = _case("conv_same_pads_bias")
     qdq = qdq_model(case)
@@ -97,6 +146,22 @@ def test_tanh_output_is_requantized_from_the_spec_parameters() -> None:
     qdq = qdq_model(_case("tanh"))
     ops = _opcodes(lower_to_tflite(qdq, precision="int8"))
     assert ops == ["QUANTIZE", "TANH", "QUANTIZE", "DEQUANTIZE"]  # TANH writes (1/128, 0), then onnxruntime's
+
+
+def test_silu_multiplies_the_logistic_output_without_requantizing_it() -> None:
+    # MUL takes any input parameters, so it reads LOGISTIC's (1/256, -128) output directly: one
+    # rounding instead of two, and one QUANTIZE less per SiLU (YOLOv8n has 58).
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"x": np.random.default_rng(7).uniform(-6, 6, (2, 16)).astype(np.float32)}
+    qdq = qdq_model(Case("Mul", "silu", model, x, 0, 0, ""))
+    data = lower_to_tflite(qdq, precision="int8")
+    assert _opcodes(data) == ["QUANTIZE", "LOGISTIC", "MUL", "DEQUANTIZE"]
+    scale = output_scales(qdq)["y"]
+    assert scale is not None
+    assert float(np.abs(run_litert(data, x)[0] - run_onnxruntime(qdq, x)[0]).max()) <= scale * (1 + 1e-4)
 
 
 def test_node_left_in_float_becomes_a_dequantize_float_quantize_island() -> None:

@@ -1,4 +1,5 @@
-"""Whole trained models: the digits CNN (torch) and an MLP with scikit-learn's weights."""
+"""Whole models: the digits CNN (torch), an MLP with scikit-learn's weights, and the zoo's YOLOv8n,
+PP-OCR cls/rec and MobileNetV3-Small (slow)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from onnx import helper, numpy_helper
 
 from compiler.examples import DigitsSplits, digits_splits, train_digits_cnn, train_digits_mlp
 from compiler.tflite import lower_to_tflite
+from compiler.variants import _static_shapes
+from tests import zoo
 from tests.compiler.tflite.runners import run_litert, run_onnxruntime
 
 # fp32 on both sides; only summation order differs, so logits agree to a few ulp of their scale.
@@ -80,6 +83,35 @@ def test_sklearn_mlp_matches_onnxruntime(splits: DigitsSplits) -> None:
     got = run_litert(lower_to_tflite(model), {"input": x})[0]
     assert float((got.argmax(1) == want.argmax(1)).mean()) == 1.0
     assert np.abs(got - want).max() < 1e-5
+
+
+# Pretrained (and one seeded) models from the zoo. fp32 on both sides: cosine is 1 to 7 digits and
+# the max error, relative to the output's largest magnitude, stays at a few ulp of accumulated
+# rounding (measured 4e-14 to 5e-6); 1e-4 leaves room for other CPUs' XNNPACK kernels.
+ZOO_MODELS = ["yolov8n_nudenet", "ppocr_cls", "ppocr_rec", "mobilenet_v3_small"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO_MODELS)
+def test_zoo_model_matches_onnxruntime(name: str, zoo_cache: Path) -> None:
+    model = getattr(zoo, name)(zoo_cache)
+    with np.load(model.eval) as data:
+        samples = {key: data[key][:6] for key in data.files}
+    onnx_model = _static_shapes(onnx.load(str(model.onnx_path)), samples)
+    tflite_bytes = lower_to_tflite(onnx_model)
+    agree, total = 0, 0
+    for i in range(6):
+        feed = {key: value[i : i + 1] for key, value in samples.items()}
+        for got, want in zip(run_litert(tflite_bytes, feed), run_onnxruntime(onnx_model, feed), strict=True):
+            assert got.shape == want.shape
+            cosine = float(np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want))
+            assert cosine > 0.99999, (name, i, cosine)
+            assert relative_error(got, want) < 1e-4, (name, i, relative_error(got, want))
+            if model.task == "classify" or name == "ppocr_rec":  # rec: a class per text position
+                agree += int((got.argmax(-1) == want.argmax(-1)).sum())
+                total += got.argmax(-1).size
+    if total:
+        assert agree == total, f"{name}: top-1 agreement {agree}/{total}"
 
 
 # ---- int8 and fp16: the compiled artifacts of a LiteRT target ----------------------------------
