@@ -38,7 +38,7 @@ for arch in "${arches[@]}"; do
     rootfs=$(scripts/make_base_rootfs.sh "$arch")
     base=edgectl-base:bookworm-$arch
     # Re-import only when the cached rootfs is newer than the image (a rebuilt rootfs).
-    stamp=$(stat -c %Y "$rootfs/usr/bin/python3.11")
+    stamp=$(cat "$rootfs/etc/edgectl-base-built" 2>/dev/null || stat -c %Y "$rootfs")
     if [ "$(docker image inspect -f '{{index .Config.Labels "edgectl.rootfs-stamp"}}' "$base" 2>/dev/null)" != "$stamp" ]; then
         tar -C "$rootfs" --numeric-owner -cf - . \
             | docker import --platform "linux/$arch" --change "LABEL edgectl.rootfs-stamp=$stamp" - "$base" >/dev/null

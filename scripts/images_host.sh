@@ -15,6 +15,8 @@ want_docker=1
 
 need=()
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+# mmdebstrap verifies Debian's Release files with it (Ubuntu hosts do not have it by default).
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
 [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static binfmt-support)
 [ "$want_docker" -eq 0 ] || [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then

@@ -26,5 +26,6 @@ mmdebstrap --quiet --format=directory --arch="$arch" --variant=minbase \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
     bookworm "$out.tmp" "$mirror" >&2
+date +%s > "$out.tmp/etc/edgectl-base-built"  # build_images.sh re-imports the image when this changes
 mv "$out.tmp" "$out"
 echo "$out"
