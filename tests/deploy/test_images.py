@@ -159,7 +159,10 @@ def test_image_pulls_selftests_and_serves_the_promised_answer(
         ctl.desire(deployment("digits", ref, entry["file"]))
         container.wait_for(ctl, "serving", timeout=300)  # arm64: emulated imports and probe
         assert ctl.trail("digits")[-1] == "serving" and "failed" not in ctl.trail("digits")
-        assert any(s.get("capabilities", s).get("arch") == machine for s in ctl.states if s.get("online")), ctl.states
+        deadline = time.monotonic() + 30  # the retained state may come after the first reports
+        while not any(s.get("capabilities", s).get("arch") == machine for s in ctl.states if s.get("online")):
+            assert time.monotonic() < deadline, ctl.states
+            time.sleep(0.1)
         sample = a.sample(1)
         status, body = container.http("POST", "/v1/models/digits:predict",
                                       json.dumps({"inputs": {k: v.tolist() for k, v in sample.items()}}).encode())
