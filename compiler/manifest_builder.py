@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -43,6 +44,11 @@ class ManifestContext:
     reference: Outputs
     data: DataSets
     sign_key: Ed25519PrivateKey | None
+    # Runs a target's emitted artifacts elsewhere (compiler.crossarch) → variant → manifest record.
+    cross_check: CrossCheck | None = None
+
+
+CrossCheck = Callable[[Target, dict[str, Path], ManifestContext], dict[str, dict[str, Any]]]
 
 
 def _version(dist: str) -> str | None:
@@ -134,6 +140,11 @@ def write_target(folder: Path, target: Target, builts: list[Built], ctx: Manifes
         emitted[built.name] = folder / name
     if not files:
         return {}
+    emulated = ctx.cross_check(target, emitted, ctx) if ctx.cross_check is not None else {}
+    variants = [_variant_entry(b, files.get(b.name)) for b in builts]
+    for entry in variants:
+        if entry["variant"] in emulated:
+            entry["fidelity_emulated"] = emulated[entry["variant"]]
     manifest: dict[str, Any] = {
         "schema": mf.SCHEMA,
         "target": target.to_dict(),
@@ -141,7 +152,7 @@ def write_target(folder: Path, target: Target, builts: list[Built], ctx: Manifes
         **ctx.data.info,
         "toolchain": toolchain(),
         "measured_on": host(),
-        "variants": [_variant_entry(b, files.get(b.name)) for b in builts],
+        "variants": variants,
         "selftest": _selftest(folder, ctx, emitted),
     }
     manifest["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}

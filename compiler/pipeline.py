@@ -24,7 +24,7 @@ import numpy as np
 from compiler import data as datasets
 from compiler.fidelity import Budget, Outputs, error_summary, run
 from compiler.frontends import LoadedModel, load_model
-from compiler.manifest_builder import ManifestContext, write_target
+from compiler.manifest_builder import CrossCheck, ManifestContext, write_target
 from compiler.output import publish, staging
 from compiler.prepare import prepare
 from compiler.quantize import DEFAULT_CALIBRATION_METHOD, calibrate
@@ -55,6 +55,7 @@ class CompileOptions:
     input_shape: tuple[int, ...] | None = None
     fallback: bool = True
     tflite_io: str = "float"  # int8 TFLite inputs/outputs: "float" (QUANTIZE/DEQUANTIZE inside) or "int8"
+    cross_check: CrossCheck | None = None  # e.g. compiler.crossarch.EmulatedCheck (--verify-on arm64)
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ def compile_model(
             return cache[key]
 
         fp32 = variant(options.targets[0], "fp32")
-        ctx = ManifestContext(loaded, specs, reference, data, signer)
+        ctx = ManifestContext(loaded, specs, reference, data, signer, options.cross_check)
         rows: list[VariantRow] = []
         written: list[str] = []
         for target in options.targets:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -11,6 +12,9 @@ from rich.table import Table
 from edgectl.cli._common import console
 from edgectl.errors import DataError, TargetError
 from edgectl.targets import all_targets, load_target
+
+if TYPE_CHECKING:
+    from compiler.crossarch import EmulatedCheck
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
@@ -58,6 +62,19 @@ def summary_table(result: dict) -> Table:
     return table
 
 
+def _print_emulated(check: EmulatedCheck) -> None:
+    for target, records in check.records.items():
+        for variant, rec in records.items():
+            fid = rec.get("fidelity") or {}
+            line = (f"{check.userland.name} ({rec['machine']}, {rec['emulator'] or 'native'}): {target} {variant}: "
+                    f"top-1 agree {_pct(fid.get('top1_agreement'))}, accuracy {_pct(fid.get('accuracy'))}, "
+                    f"max |Δ| vs this host {rec.get('max_abs_vs_host', float('nan')):.3g} "
+                    f"(self-test tolerance {rec.get('selftest_atol', float('nan')):.3g})")
+            console().print(line)
+    for failure in check.failures:
+        console(stderr=True).print(f"[red]failed[/]: {failure}")
+
+
 def compile_command(
     model: Path = typer.Argument(
         ..., help="ONNX file, PyTorch (.pt: TorchScript or pickled module) or scikit-learn pickle."
@@ -83,9 +100,18 @@ def compile_command(
         "float", "--tflite-io", help="tflite-int8 inputs/outputs: float (quantized inside) or int8."
     ),
     targets_dir: list[Path] = typer.Option([], "--targets-dir", help="Extra folder of target files."),
+    verify_on: list[str] = typer.Option(
+        [], "--verify-on", help="Also run the aarch64 targets' artifacts in an emulated userland: arm64."
+    ),
+    arm64_rootfs: Path | None = typer.Option(
+        None, "--arm64-rootfs", envvar="EDGECTL_ARM64_ROOTFS",
+        help="arm64 userland for --verify-on arm64 (default ~/.cache/edgectl/arm64-rootfs, "
+        "made by scripts/make_arm64_rootfs.sh).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Compile MODEL into gated, quantized artifacts for each target."""
+    from compiler.crossarch import EmulatedCheck, find_userland
     from compiler.fidelity import Budget
     from compiler.manifest_builder import host
     from compiler.pipeline import CompileOptions, compile_model
@@ -100,11 +126,17 @@ def compile_command(
         raise DataError("pass --calibration or --random-calibration, not both")
     if tflite_io not in ("float", "int8"):
         raise DataError(f"--tflite-io {tflite_io!r} is not one of float, int8")
+    # Checked before compiling: a missing userland fails in a second, not after the build.
+    checks = [EmulatedCheck(find_userland(name, arm64_rootfs), Budget(max_drop=max_drop, min_cosine=min_cosine))
+              for name in dict.fromkeys(verify_on)]
+    if len(checks) > 1:
+        raise DataError("--verify-on takes one userland per run")
     options = CompileOptions(
         targets=targets, out_dir=out, calibration=calibration, random_calibration=random_calibration,
         eval_data=eval_data, labels=labels, budget=Budget(max_drop=max_drop, min_cosine=min_cosine),
         calibration_method=method, sign_key=sign_key, input_shape=_shape(input_shape), fallback=not no_fallback,
         tflite_io=tflite_io,
+        cross_check=checks[0] if checks else None,
     )
     err = console(stderr=True)
     with err.status("compiling", spinner="dots") as status:
@@ -115,6 +147,11 @@ def compile_command(
                 err.log(msg)
 
         result = compile_model(model, options, on_step=step).to_dict()
+    for check in checks:
+        result["emulated"] = {"userland": check.userland.describe(), "targets": check.records,
+                              "failures": check.failures}
+        if check.failures and result["exit_code"] == 0:
+            result["exit_code"] = 3
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -125,4 +162,6 @@ def compile_command(
             f"latency × is int8/fp32 measured on this host ({host()['machine']}, {host()['cpu'] or 'unknown CPU'}); "
             "for other architectures it only indicates"
         )
+        for check in checks:
+            _print_emulated(check)
     raise typer.Exit(result["exit_code"])
