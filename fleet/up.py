@@ -62,11 +62,16 @@ from edgectl.errors import EdgectlError, UserError
 if TYPE_CHECKING:
     import numpy as np
 
+    from edge_agent.config import AgentConfig
     from edge_agent.daemon import Agent
     from edgectl.transport.memory import MemoryBroker
     from fleet.broker import MosquittoBroker
+    from fleet.chaos import ChaosOptions, ChaosReport, ChaosRunner
+    from fleet.config import FleetConfig
     from fleet.controller import Controller
+    from fleet.controller_proc import ControllerProcess
     from fleet.http_api import FleetHttp
+    from fleet.linkproxy import LinkProxy
     from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -115,6 +120,10 @@ class UpOptions:
     requests_per_s: float = 10.0
     seed: int = 0
     broker: str = "auto"  # auto (Mosquitto when installed) | mosquitto | memory
+    # Faults to inject once the deployment serves (fleet/chaos.py). The controller then runs as a
+    # child process and each device reaches the broker through its own proxy (fleet/linkproxy.py);
+    # the run ends when the schedule is done (or at ``duration``, whichever comes first).
+    chaos: ChaosOptions | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= 100:
@@ -125,6 +134,9 @@ class UpOptions:
             raise UserError(f"--rate {self.requests_per_s:g} must be more than 0 and at most 1000 requests/s")
         if self.broker not in BROKERS:
             raise UserError(f"--broker {self.broker!r} must be one of {', '.join(BROKERS)}")
+        if self.chaos is not None and self.broker == "memory":
+            raise UserError("--chaos needs Mosquitto (it restarts the broker and cuts TCP links): "
+                            "leave out --broker memory")
 
     @property
     def replicas(self) -> int:
@@ -204,6 +216,7 @@ class UpReport:
     events: tuple[str, ...]
     interrupted: bool
     duration_s: float
+    chaos: ChaosReport | None = None
 
     @property
     def first_serving_s(self) -> float | None:
@@ -215,11 +228,14 @@ class UpReport:
 
     @property
     def ok(self) -> bool:
-        """A replica served and answered at least one request correctly."""
-        return self.first_serving_s is not None and self.requests.correct > 0
+        """A replica served and answered at least one request correctly, and with --chaos every
+        invariant held."""
+        served = self.first_serving_s is not None and self.requests.correct > 0
+        return served and (self.chaos is None or self.chaos.ok)
 
     def to_dict(self) -> dict[str, Any]:
         doc = _plain(self)
+        doc["chaos"] = self.chaos.to_dict() if self.chaos is not None else None
         doc.update(ok=self.ok, first_serving_s=self.first_serving_s, all_serving_s=self.all_serving_s,
                    accuracy=self.requests.accuracy)
         return dict(doc)
@@ -513,6 +529,8 @@ def _signals_deferred() -> Iterator[None]:
 class _Up:
     """One ``run_up``: everything it started, in the order it has to be stopped."""
 
+    deployment_name = DEPLOYMENT
+
     def __init__(self, options: UpOptions, on_status: Callable[[UpStatus], None] | None) -> None:
         self.o = options
         self.on_status = on_status
@@ -532,7 +550,11 @@ class _Up:
         self.mosquitto: MosquittoBroker | None = None
         self.memory: MemoryBroker | None = None
         self.controller: Controller | None = None
+        self.ctl_proc: ControllerProcess | None = None
+        self.cfg: FleetConfig | None = None
         self.http: FleetHttp | None = None
+        self.proxies: dict[str, LinkProxy] = {}
+        self.chaos: ChaosRunner | None = None
         self.store: Store | None = None
         self.agents: list[Agent] = []
         self.devices: list[DeviceInfo] = []
@@ -588,7 +610,7 @@ class _Up:
             devices=tuple(self.devices), model=self.model, deployment=DEPLOYMENT, replicas=self.o.replicas,
             serving=self.serving, timeline=dict(self.timeline), requests=self.requests(), errors=tuple(errors),
             notes=tuple(self.notes), events=tuple(self.events), interrupted=self.interrupted,
-            duration_s=round(self.elapsed(), 2),
+            duration_s=round(self.elapsed(), 2), chaos=self.chaos.report() if self.chaos is not None else None,
         )
 
     # --- start-up ---
@@ -638,7 +660,7 @@ class _Up:
             self.event(f"broker: Mosquitto on {self.broker_url} (pid {pid}, files in {self.shown / 'run' / 'broker'})")
         self.mark("broker_ready")
 
-    def write_fleet_config(self) -> Path:
+    def write_fleet_config(self, http_port: int = 0) -> Path:
         path = self.workdir / "fleet.toml"
         url = self.broker_url or "mqtt://127.0.0.1:1883"
         note = "" if self.broker_url else "  # unused: this run's broker is in-process"
@@ -649,7 +671,7 @@ class _Up:
             'store_url = "run/controller/fleet.db"\n'
             'artifact_dir = "run/controller/artifacts"\n'
             f'trusted_keys = ["{self.build.public_key.relative_to(self.shown)}"]\n'
-            "http_port = 0\n"
+            f"http_port = {http_port}\n"
             "heartbeat_timeout_s = 10\n"
             "reconcile_interval_s = 0.5\n"
             'controller_id = "up"\n'
@@ -672,7 +694,21 @@ class _Up:
         from fleet.store import open_store
 
         self.fleet_config = self.shown / "fleet.toml"
-        cfg = load_fleet_config(self.write_fleet_config())
+        if self.o.chaos is not None:  # a child process: a fault kills -9 it and starts it again
+            from fleet.broker import free_port
+            from fleet.controller_proc import ControllerProcess
+
+            port = free_port()
+            self.cfg = load_fleet_config(self.write_fleet_config(port))
+            self.ctl_proc = ControllerProcess(self.workdir / "fleet.toml", http_port=port,
+                                              log_path=self.run_dir / "controller" / "controller.log")
+            pid = self.ctl_proc.start()
+            self.store = open_store(self.cfg.store_url)
+            self.mark("controller_ready")
+            self.event(f"controller: process {pid}, HTTP API on http://127.0.0.1:{port}/v1/status "
+                       f"(log in {self.shown / 'run' / 'controller' / 'controller.log'})")
+            return
+        cfg = self.cfg = load_fleet_config(self.write_fleet_config())
         transport = MemoryTransport(self.memory, f"edgectl-controller-{cfg.controller_id}") if self.memory else None
         self.controller = Controller(cfg, transport=transport, rng=random.Random(self.o.seed))
         self.controller.start()
@@ -683,32 +719,63 @@ class _Up:
 
     def start_agents(self) -> None:
         from edge_agent.config import AgentConfig, BrokerConfig, HttpConfig
-        from edge_agent.daemon import Agent, state_message
-        from edgectl import wire
-        from edgectl.transport.base import Will
-        from edgectl.transport.memory import MemoryTransport
 
         for i in range(self.o.devices):
             device_id = f"dev-{i + 1:02d}"
             profile = PROFILES[i % len(PROFILES)]
             labels = {"profile": profile.name, "zone": ZONES[i % len(ZONES)], "site": SITES[i % len(SITES)]}
+            url = self.broker_url or "mqtt://127.0.0.1:1883"
+            if self.o.chaos is not None and self.mosquitto is not None:
+                from fleet.linkproxy import LinkProxy
+
+                # Its own TCP link to the broker, which a fault can cut, slow down or damage.
+                proxy = self.proxies[device_id] = LinkProxy(self.mosquitto.host, self.mosquitto.port,
+                                                            name=device_id).start()
+                url = proxy.url
             cfg = AgentConfig(
                 device_id=device_id, data_dir=self.run_dir / "devices" / device_id,
-                broker=BrokerConfig(url=self.broker_url or "mqtt://127.0.0.1:1883"),
-                trusted_keys=(self.build.public_key.resolve(),), memory_budget_bytes=profile.memory_budget_mb << 20,
+                broker=BrokerConfig(url=url), trusted_keys=(self.build.public_key.resolve(),),
+                memory_budget_bytes=profile.memory_budget_mb << 20,
                 telemetry_interval_s=2.0, labels=tuple(sorted(labels.items())), http=HttpConfig(port=0), tick_s=1.0,
             )
-            transport = None
-            if self.memory is not None:
-                will = Will(wire.state_topic(device_id), state_message(device_id, False, None), qos=1, retain=True)
-                transport = MemoryTransport(self.memory, f"edgectl-agent-{device_id}", will=will)
-            agent = Agent(cfg, transport=transport)
-            self.agents.append(agent)  # before start(): a half-started agent is still stopped
-            agent.start()
+            agent = self.start_agent(cfg)
             port = agent.http.port if agent.http is not None else None
             self.devices.append(DeviceInfo(device_id, profile.name, labels, profile.memory_budget_mb, port))
         self.mark("devices_started")
         self.event(f"{self.o.devices} device(s) started; each connects, announces itself and waits for work")
+
+    def start_agent(self, cfg: AgentConfig) -> Agent:
+        from edge_agent.daemon import Agent, state_message
+        from edgectl import wire
+        from edgectl.transport.base import Will
+        from edgectl.transport.memory import MemoryTransport
+
+        transport = None
+        if self.memory is not None:
+            will = Will(wire.state_topic(cfg.device_id), state_message(cfg.device_id, False, None), qos=1, retain=True)
+            transport = MemoryTransport(self.memory, f"edgectl-agent-{cfg.device_id}", will=will)
+        agent = Agent(cfg, transport=transport)
+        self.agents.append(agent)  # before start(): a half-started agent is still stopped
+        agent.start()
+        return agent
+
+    def set_http_port(self, device: str, port: int | None) -> None:
+        """A device restarted by a fault serves on a new port (None while it is down)."""
+        from fleet.up_chaos import replace_port
+
+        replace_port(self.devices, device, port)
+
+    def maybe_start_chaos(self) -> None:
+        if self.o.chaos is None or self.chaos is not None or "all_serving" not in self.timeline:
+            return
+        from fleet.chaos import ChaosRunner
+        from fleet.up_chaos import UpChaosFleet
+
+        assert self.cfg is not None
+        self.event(f"chaos: {len(self.o.chaos.faults)} fault(s), seed {self.o.chaos.seed}: "
+                   + ", ".join(self.o.chaos.faults))
+        self.phase = "chaos"
+        self.chaos = ChaosRunner(UpChaosFleet(self), self.o.chaos, self.cfg.store_url, self.elapsed).start()
 
     # --- the loop ---
     def tick(self) -> None:
@@ -729,7 +796,7 @@ class _Up:
                     self._states[key] = m["state"]
                     why = f" ({m['reason']})" if m["reason"] and m["state"] in FAILED else ""
                     self.event(f"{d['id']}: {m['deployment']}@{m['version']} {m['state']} ({m['variant']}){why}")
-                if m["state"] in FAILED:
+                if m["state"] in FAILED and self.o.chaos is None:  # under chaos, failures are expected
                     self.error(f"{d['id']}: {m['deployment']} {m['state']}: {m['reason'] or 'no reason given'}")
         for e in self.store.list_events(since_id=self._event_id, limit=100):
             self._event_id = e.id
@@ -763,6 +830,7 @@ class _Up:
         if self.load is not None:
             ports = {x.id: x.http_port for x in self.devices if x.http_port is not None}
             self.load.targets = tuple((d, ports[d]) for d in serving if d in ports)
+        self.maybe_start_chaos()
 
     def deploy(self, built: BuiltModel) -> None:
         import numpy as np
@@ -772,8 +840,8 @@ class _Up:
         from fleet.model import DeploymentSpec
         from fleet.ops import deploy, publish_dir
 
-        assert self.controller is not None and self.store is not None
-        cfg = self.controller.cfg
+        assert self.cfg is not None and self.store is not None
+        cfg = self.cfg
         mv = publish_dir(self.store, ArtifactStore(cfg.artifact_dir), built.folder, load_trusted_keys(cfg.trusted_keys))
         self.mark("published")
         manifest = json.loads((built.folder / TARGET / "manifest.json").read_text())
@@ -801,6 +869,9 @@ class _Up:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
+            if self.chaos is not None and self.chaos.done:
+                self.event("chaos: schedule done")
+                return
             time.sleep(TICK_S if deadline is None else max(0.0, min(TICK_S, deadline - now)))
 
     # --- shutdown: the reverse order, each step whatever happened before ---
@@ -809,6 +880,7 @@ class _Up:
         t = time.monotonic()
         with contextlib.suppress(Exception):
             self.notify(force=True)
+        self._quietly("stop the fault injection", lambda: self.chaos.stop() if self.chaos else None)
         self._quietly("stop the request generator", lambda: self.load.stop() if self.load else None)
         self._quietly("stop the model build", self.build.cancel)
         threads = [threading.Thread(target=self._quietly, args=(f"stop {a.device_id}", a.stop), name="up-stop")
@@ -821,6 +893,10 @@ class _Up:
             self._quietly("stop the controller's HTTP API", self.http.stop)
         if self.controller is not None:
             self._quietly("stop the controller", self.controller.stop)
+        if self.ctl_proc is not None:
+            self._quietly("stop the controller process", self.ctl_proc.stop)
+        for proxy in self.proxies.values():
+            self._quietly("stop a link proxy", proxy.stop)
         if self.store is not None:
             self._quietly("close the store", self.store.close)
         if self.mosquitto is not None:
