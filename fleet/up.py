@@ -20,6 +20,13 @@ What runs, and where (everything is stopped again before ``run_up`` returns, Ctr
     then          publish (fleet.ops.publish_dir) → deploy (fleet.ops.deploy, spread across
                   zones) → HTTP POST /v1/models/digits:predict round-robin over the serving
                   replicas with held-out digits, each answer checked against its label
+    with --chaos  the controller runs as a child process instead (fleet/controller_proc.py), each
+                  device reaches Mosquitto through its own TCP proxy (fleet/linkproxy.py), and once
+                  the deployment serves, fleet/chaos.py injects the faults (fleet/up_chaos.py
+                  connects the two); the run ends when the schedule is done
+
+Modules: fleet/up_build.py builds the model, fleet/up_requests.py sends the requests; this one
+starts, watches and stops the fleet.
 
 The workdir (default ``.edgectl-up``)::
 
@@ -38,30 +45,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import http.client
-import importlib.metadata
 import json
 import logging
-import os
 import random
-import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from edgectl.errors import EdgectlError, UserError
+from edgectl.errors import UserError
+from fleet.up_build import TARGET, BuildFailed, BuiltModel, ModelBuild, prepare_model
+from fleet.up_requests import LoadGenerator, RequestStats
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from edge_agent.config import AgentConfig
     from edge_agent.daemon import Agent
     from edgectl.transport.memory import MemoryBroker
@@ -75,15 +75,13 @@ if TYPE_CHECKING:
     from fleet.store import Store
 
 log = logging.getLogger(__name__)
+__all__ = ["BuildFailed", "BuiltModel", "ModelBuild", "RequestStats", "UpOptions", "UpReport", "UpStatus",
+           "prepare_model", "run_up"]
 
 BROKERS = ("auto", "mosquitto", "memory")
-EXAMPLE = "digits-cnn"
-MODEL_FILE = "digits_cnn.onnx"
-TARGET = "x86_64-avx2"  # one target keeps the build short; the agents all run on this x86-64 host
 DEPLOYMENT = "digits"
 TICK_S = 0.25  # how often the store is polled: the timeline is this precise
 STATUS_EVERY_S = 0.5  # how often on_status is called
-REQUEST_TIMEOUT_S = 5.0
 ONLINE_WAIT_S = 15.0  # at most this long after the agents start, the deploy waits for all to register
 RUN_MARKER = ".edgectl-up"  # only a run/ folder holding this is ever deleted
 
@@ -101,9 +99,6 @@ PROFILES = (Profile("gateway", 512), Profile("camera", 128), Profile("kiosk", 25
 ZONES = ("zone-a", "zone-b", "zone-c")
 SITES = ("lab", "shop")
 
-
-class BuildFailed(EdgectlError):
-    """Training or compiling the example model failed; the message names the step and the log."""
 
 
 @dataclass(frozen=True)
@@ -161,21 +156,6 @@ class ModelInfo:
     cached: bool  # reused from an earlier run in the same workdir
     build_s: float
     variants: tuple[str, ...]  # "digits_cnn.int8.onnx (int8, compile-time accuracy 97.3 %)"
-
-
-@dataclass(frozen=True)
-class RequestStats:
-    sent: int = 0
-    ok: int = 0  # HTTP 200 with an output
-    correct: int = 0  # ... whose top-1 matches the label
-    failed: int = 0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    by_device: Mapping[str, int] = field(default_factory=dict)  # answered requests per device
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.ok if self.ok else None
 
 
 @dataclass(frozen=True)
@@ -252,260 +232,6 @@ def _plain(value: Any) -> Any:
         return str(value)
     return value
 
-
-# --- the model: trained and compiled in child processes, reused while it verifies -----------------
-
-@dataclass(frozen=True)
-class BuiltModel:
-    folder: Path  # the --out of `edgectl compile` (one sub-folder, TARGET)
-    eval_inputs: Path  # npz keyed by the input name: held out from training
-    eval_labels: Path
-    cached: bool
-    build_s: float
-
-
-class ModelBuild:
-    """The bundled example, signed with the workdir's key: built once, reused by later runs.
-
-        build = ModelBuild(Path(".edgectl-up"))
-        model = build.run()          # blocking; or start() in the background, then .done / .result
-    """
-
-    def __init__(self, workdir: Path, *, on_event: Callable[[str], None] | None = None) -> None:
-        self.dir = workdir / "model"
-        self.example = self.dir / "example"
-        self.out = self.dir / "build"
-        self.key = self.dir / "keys" / "up.key"
-        self.public_key = self.key.with_name(self.key.name + ".pub")
-        self.log_path = self.dir / "build.log"
-        self.on_event = on_event or (lambda _: None)
-        self.result: BuiltModel | None = None
-        self.error: BaseException | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
-        self._cancelled = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def ensure_key(self) -> Path:
-        """The public key the fleet trusts (generated on first use; agents need it at start)."""
-        from edgectl.signing import write_keypair
-
-        if not (self.key.is_file() and self.public_key.is_file()):
-            write_keypair(self.key, overwrite=True)
-        return self.public_key
-
-    def _stamp(self) -> dict[str, str]:
-        try:
-            version = importlib.metadata.version("edgectl")
-        except importlib.metadata.PackageNotFoundError:
-            version = "source"
-        return {"edgectl": version, "example": EXAMPLE, "target": TARGET}
-
-    def cached(self) -> BuiltModel | None:
-        from edgectl.manifest import verify_dir
-        from edgectl.signing import load_public_key
-
-        stamp = self.dir / "stamp.json"
-        files = (self.example / "eval.npz", self.example / "eval_labels.npy", stamp)
-        try:
-            if not all(f.is_file() for f in files) or json.loads(stamp.read_text()) != self._stamp():
-                return None
-            verify_dir(self.out / TARGET, load_public_key(self.public_key))
-        except (EdgectlError, OSError, ValueError):
-            return None  # changed, half-written or signed by an older key: build again
-        return BuiltModel(self.out, self.example / "eval.npz", self.example / "eval_labels.npy", True, 0.0)
-
-    def run(self) -> BuiltModel:
-        t0 = time.monotonic()
-        self.ensure_key()
-        found = self.cached()
-        if found is not None:
-            self.on_event(f"model: reusing {self.out / TARGET} (built by an earlier run, signature verified)")
-            return found
-        shutil.rmtree(self.out, ignore_errors=True)
-        (self.dir / "stamp.json").unlink(missing_ok=True)
-        self.log_path.unlink(missing_ok=True)
-        ex = self.example
-        self._child("training the example model", ["example", EXAMPLE, "--out", str(ex)])
-        self._child(f"compiling it for {TARGET}", [
-            "compile", str(ex / MODEL_FILE), "--target", TARGET, "--calibration", str(ex / "calibration.npz"),
-            "--eval", str(ex / "eval.npz"), "--labels", str(ex / "eval_labels.npy"), "--sign-key", str(self.key),
-            "--out", str(self.out), "--json"])
-        (self.dir / "stamp.json").write_text(json.dumps(self._stamp()))
-        return BuiltModel(self.out, ex / "eval.npz", ex / "eval_labels.npy", False, time.monotonic() - t0)
-
-    def _child(self, what: str, args: list[str]) -> None:
-        # A child process, not a call: torch (hundreds of MB) stays out of the process hosting
-        # the fleet, training gets a GIL of its own, and Ctrl-C can stop it at once.
-        self.on_event(f"{what}: edgectl {shlex.join(args)}")
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # works from a source tree, too
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out, self._lock:
-            if self._cancelled.is_set():
-                raise BuildFailed("cancelled")
-            out.write(f"$ edgectl {shlex.join(args)}\n".encode())
-            out.flush()
-            proc = self._proc = subprocess.Popen([sys.executable, "-m", "edgectl", *args], stdin=subprocess.DEVNULL,
-                                                 stdout=out, stderr=subprocess.STDOUT, env=env)
-        code = proc.wait()
-        with self._lock:
-            self._proc = None
-        if self._cancelled.is_set():
-            raise BuildFailed("cancelled")
-        if code != 0:
-            raise BuildFailed(f"{what} failed (exit code {code}): {self._log_error()}; full log in {self.log_path}")
-
-    def _log_error(self) -> str:
-        lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("error:")]
-        if errors:
-            return errors[-1].removeprefix("error:").strip()
-        return "no variant passed the fidelity gate" if lines and lines[-1] == "}" else (lines or ["no output"])[-1]
-
-    # --- in the background ---
-    def start(self) -> None:
-        def target() -> None:
-            try:
-                self.result = self.run()
-            except BaseException as exc:  # handed to the thread that polls .done
-                self.error = exc
-
-        self._thread = threading.Thread(target=target, name="up-model-build", daemon=True)
-        self._thread.start()
-
-    @property
-    def done(self) -> bool:
-        return self._thread is not None and not self._thread.is_alive()
-
-    def cancel(self, timeout: float = 10.0) -> None:
-        """Stop a running child (SIGTERM, then SIGKILL) and wait for the build thread."""
-        self._cancelled.set()
-        with self._lock:
-            proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout / 2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-
-def prepare_model(workdir: Path) -> BuiltModel:
-    """Build (or reuse) the example model of ``workdir`` now; ``run_up`` then starts with it ready."""
-    return ModelBuild(Path(workdir)).run()
-
-
-# --- requests: HTTP round-robin over the serving replicas, answers checked against labels ----------
-
-class LoadGenerator:
-    """Sends ``rate`` requests/s in total to the devices in ``targets`` (set by the caller)."""
-
-    def __init__(self, inputs: np.ndarray, labels: np.ndarray, input_name: str, *, rate: float, seed: int,
-                 deployment: str = DEPLOYMENT) -> None:
-        order = list(range(len(labels)))
-        random.Random(seed).shuffle(order)
-        # Bodies are encoded once: the load thread should measure the agents, not json.dumps.
-        self._samples = [(json.dumps({"inputs": {input_name: inputs[i : i + 1].tolist()}}).encode(), int(labels[i]))
-                         for i in order]
-        self.path = f"/v1/models/{deployment}:predict"
-        self.rate = rate
-        self.targets: tuple[tuple[str, int], ...] = ()  # (device, HTTP port); replaced, never mutated
-        self.errors: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._sent = self._ok = self._correct = self._failed = 0
-        self._by_device: Counter[str] = Counter()
-        self._latencies: deque[float] = deque(maxlen=5000)
-        self._conns: dict[int, http.client.HTTPConnection] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="up-requests", daemon=True)
-
-    def start(self) -> LoadGenerator:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(REQUEST_TIMEOUT_S + 1)
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
-
-    def _post(self, port: int, body: bytes) -> tuple[int, Any]:
-        """One request on the port's keep-alive connection; a connection the agent closed while
-        idle (its timeout is 30 s, so at low rates) is replaced once, as browsers do."""
-        for attempt in (1, 2):
-            conn = self._conns.get(port)
-            reused = conn is not None
-            if conn is None:
-                conn = self._conns[port] = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
-            try:
-                conn.request("POST", self.path, body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                return resp.status, json.loads(resp.read())
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self._conns.pop(port, None)
-                conn.close()
-                if not reused or attempt == 2:
-                    raise
-            except (OSError, http.client.HTTPException):
-                self._conns.pop(port, None)
-                conn.close()
-                raise
-        raise AssertionError("unreachable")  # the loop returns or raises
-
-    def stats(self) -> RequestStats:
-        with self._lock:
-            lat = sorted(self._latencies)
-            return RequestStats(
-                sent=self._sent, ok=self._ok, correct=self._correct, failed=self._failed,
-                p50_ms=round(lat[len(lat) // 2], 2) if lat else None,
-                p95_ms=round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 2) if lat else None,
-                by_device=dict(sorted(self._by_device.items())),
-            )
-
-    def _run(self) -> None:
-        i = 0
-        next_at = time.monotonic()
-        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
-            next_at = max(next_at + 1 / self.rate, time.monotonic() - 1.0)  # no burst after a stall
-            targets = self.targets
-            if not targets:
-                continue
-            device, port = targets[i % len(targets)]
-            body, label = self._samples[i % len(self._samples)]
-            i += 1
-            self._one(device, port, body, label)
-
-    def _one(self, device: str, port: int, body: bytes, label: int) -> None:
-        t0 = time.perf_counter()
-        error = None
-        predicted = None
-        try:
-            status, doc = self._post(port, body)
-            if status != 200:
-                error = f"{device}: HTTP {status}: {doc.get('error', '?')}"
-            else:
-                row = next(iter(doc["outputs"].values()))[0]
-                predicted = max(range(len(row)), key=row.__getitem__)
-        except (OSError, http.client.HTTPException, ValueError, LookupError, TypeError, AttributeError,
-                StopIteration) as exc:
-            error = f"{device}: {exc.__class__.__name__}: {exc}"
-        ms = (time.perf_counter() - t0) * 1e3
-        with self._lock:
-            self._sent += 1
-            if error is None:
-                self._ok += 1
-                self._correct += predicted == label
-                self._by_device[device] += 1
-                self._latencies.append(ms)
-            else:
-                self._failed += 1
-                self.errors[error] += 1
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -857,7 +583,8 @@ class _Up:
             name = npz.files[0]
             inputs = npz[name]
         labels = np.load(built.eval_labels)
-        self.load = LoadGenerator(inputs, labels, name, rate=self.o.requests_per_s, seed=self.o.seed).start()
+        self.load = LoadGenerator(inputs, labels, name, rate=self.o.requests_per_s, seed=self.o.seed,
+                                  deployment=DEPLOYMENT).start()
 
     def loop(self) -> None:
         self.phase = "building"
