@@ -120,6 +120,26 @@ class Agent:
             self.http.stop()
         self.server.close()
 
+    def crash(self) -> None:
+        """Stop as a crash would, for fault injection in one process (``edgectl up --chaos``): the
+        connection drops without a goodbye (the broker publishes the last will), nothing is saved
+        or published, threads are told to stop and not waited for long. The data dir is left as
+        it was, so a new ``Agent`` on it restores what a restarted process would."""
+        self._stop.set()
+        self.reconciler.interrupt()
+        self._connected_event.set()
+        kill = getattr(self.transport, "kill", None)
+        if callable(kill):
+            kill()
+        else:
+            self.transport.stop()
+        if self.http is not None:
+            self.http.stop()
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        for t in self._threads:
+            t.join(timeout=2)
+        self.server.close()
+
     def health(self) -> dict[str, Any]:
         return {"device": self.device_id, "connected": self.transport.connected,
                 "generation": self.reconciler.state.generation}

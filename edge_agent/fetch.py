@@ -63,12 +63,16 @@ class ChunkFetcher:
     """One per agent; ``fetch`` blocks its caller and is safe to call from one thread at a time."""
 
     def __init__(self, transport: Transport, device_id: str, partial_dir: Path, cfg: FetchConfig,
-                 *, disk_reserve_bytes: int = 64 << 20) -> None:
+                 *, disk_reserve_bytes: int = 64 << 20,
+                 free_space: Callable[[Path], int] | None = None) -> None:
         self.transport = transport
         self.reply_topic = wire.chunk_reply_topic(device_id)
         self.partial_dir = partial_dir
         self.cfg = cfg
         self.disk_reserve = disk_reserve_bytes
+        # How many bytes are free where partial files go; replaceable so fault injection
+        # (`edgectl up --chaos disk-full`) can simulate a full disk without filling a real one.
+        self.free_space: Callable[[Path], int] = free_space or (lambda path: shutil.disk_usage(path).free)
         self._jobs: dict[bytes, queue.Queue[Message]] = {}
         self._lock = threading.Lock()
         self.reconnects = 0  # sessions (re)established since start(): a change means "ask again"
@@ -268,11 +272,12 @@ class _Transfer:
             raise FetchError("artifact server reply lacks its size property: upgrade the controller") from exc
         if size > self.max_bytes or size < done:
             raise FetchError(f"artifact {self.sha[:12]}… claims {size} bytes, more than allowed ({self.max_bytes})")
-        free = shutil.disk_usage(self.f.partial_dir).free
+        free = self.f.free_space(self.f.partial_dir)
         if size - done > free - self.f.disk_reserve:
             raise FetchError(
-                f"artifact {self.sha[:12]}… needs {(size - done) >> 20} MB, the data dir has {free >> 20} MB free "
-                f"(keeping {self.f.disk_reserve >> 20} MB): free disk space on the device"
+                f"artifact {self.sha[:12]}… needs {(size - done) / 2**20:.1f} MB, the data dir has "
+                f"{max(0, free) / 2**20:.1f} MB free (keeping {self.f.disk_reserve >> 20} MB): "
+                "free disk space on the device"
             )
         self.size = size
 

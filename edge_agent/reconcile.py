@@ -111,6 +111,11 @@ class Reconciler:
         self.wake.set()
         return True
 
+    def interrupt(self) -> None:
+        """Stop a transfer in progress and wake the loop (the agent is going away)."""
+        self._cancel.set()
+        self.wake.set()
+
     # --- start-up ----------------------------------------------------------------------------
     def restore(self) -> None:
         """Serve the last good versions from disk; fall back to the previous one if needed."""

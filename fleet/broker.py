@@ -198,6 +198,15 @@ class MosquittoBroker:
                 proc.kill()
                 proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL, reaped: a broker crash (nothing saved since the last autosave). ``start()``
+        brings it back on the same port."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            proc.wait()
+
     def __enter__(self) -> MosquittoBroker:
         return self.start()
 

@@ -20,6 +20,13 @@ What runs, and where (everything is stopped again before ``run_up`` returns, Ctr
     then          publish (fleet.ops.publish_dir) → deploy (fleet.ops.deploy, spread across
                   zones) → HTTP POST /v1/models/digits:predict round-robin over the serving
                   replicas with held-out digits, each answer checked against its label
+    with --chaos  the controller runs as a child process instead (fleet/controller_proc.py), each
+                  device reaches Mosquitto through its own TCP proxy (fleet/linkproxy.py), and once
+                  the deployment serves, fleet/chaos.py injects the faults (fleet/up_chaos.py
+                  connects the two); the run ends when the schedule is done
+
+Modules: fleet/up_build.py builds the model, fleet/up_requests.py sends the requests; this one
+starts, watches and stops the fleet.
 
 The workdir (default ``.edgectl-up``)::
 
@@ -38,47 +45,43 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import http.client
-import importlib.metadata
 import json
 import logging
-import os
 import random
-import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from edgectl.errors import EdgectlError, UserError
+from edgectl.errors import UserError
+from fleet.up_build import TARGET, BuildFailed, BuiltModel, ModelBuild, prepare_model
+from fleet.up_requests import LoadGenerator, RequestStats
 
 if TYPE_CHECKING:
-    import numpy as np
-
+    from edge_agent.config import AgentConfig
     from edge_agent.daemon import Agent
     from edgectl.transport.memory import MemoryBroker
     from fleet.broker import MosquittoBroker
+    from fleet.chaos import ChaosOptions, ChaosReport, ChaosRunner
+    from fleet.config import FleetConfig
     from fleet.controller import Controller
+    from fleet.controller_proc import ControllerProcess
     from fleet.http_api import FleetHttp
+    from fleet.linkproxy import LinkProxy
     from fleet.store import Store
 
 log = logging.getLogger(__name__)
+__all__ = ["BuildFailed", "BuiltModel", "ModelBuild", "RequestStats", "UpOptions", "UpReport", "UpStatus",
+           "prepare_model", "run_up"]
 
 BROKERS = ("auto", "mosquitto", "memory")
-EXAMPLE = "digits-cnn"
-MODEL_FILE = "digits_cnn.onnx"
-TARGET = "x86_64-avx2"  # one target keeps the build short; the agents all run on this x86-64 host
 DEPLOYMENT = "digits"
 TICK_S = 0.25  # how often the store is polled: the timeline is this precise
 STATUS_EVERY_S = 0.5  # how often on_status is called
-REQUEST_TIMEOUT_S = 5.0
 ONLINE_WAIT_S = 15.0  # at most this long after the agents start, the deploy waits for all to register
 RUN_MARKER = ".edgectl-up"  # only a run/ folder holding this is ever deleted
 
@@ -97,9 +100,6 @@ ZONES = ("zone-a", "zone-b", "zone-c")
 SITES = ("lab", "shop")
 
 
-class BuildFailed(EdgectlError):
-    """Training or compiling the example model failed; the message names the step and the log."""
-
 
 @dataclass(frozen=True)
 class UpOptions:
@@ -115,6 +115,10 @@ class UpOptions:
     requests_per_s: float = 10.0
     seed: int = 0
     broker: str = "auto"  # auto (Mosquitto when installed) | mosquitto | memory
+    # Faults to inject once the deployment serves (fleet/chaos.py). The controller then runs as a
+    # child process and each device reaches the broker through its own proxy (fleet/linkproxy.py);
+    # the run ends when the schedule is done (or at ``duration``, whichever comes first).
+    chaos: ChaosOptions | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= 100:
@@ -125,6 +129,9 @@ class UpOptions:
             raise UserError(f"--rate {self.requests_per_s:g} must be more than 0 and at most 1000 requests/s")
         if self.broker not in BROKERS:
             raise UserError(f"--broker {self.broker!r} must be one of {', '.join(BROKERS)}")
+        if self.chaos is not None and self.broker == "memory":
+            raise UserError("--chaos needs Mosquitto (it restarts the broker and cuts TCP links): "
+                            "leave out --broker memory")
 
     @property
     def replicas(self) -> int:
@@ -149,21 +156,6 @@ class ModelInfo:
     cached: bool  # reused from an earlier run in the same workdir
     build_s: float
     variants: tuple[str, ...]  # "digits_cnn.int8.onnx (int8, compile-time accuracy 97.3 %)"
-
-
-@dataclass(frozen=True)
-class RequestStats:
-    sent: int = 0
-    ok: int = 0  # HTTP 200 with an output
-    correct: int = 0  # ... whose top-1 matches the label
-    failed: int = 0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    by_device: Mapping[str, int] = field(default_factory=dict)  # answered requests per device
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.ok if self.ok else None
 
 
 @dataclass(frozen=True)
@@ -204,6 +196,7 @@ class UpReport:
     events: tuple[str, ...]
     interrupted: bool
     duration_s: float
+    chaos: ChaosReport | None = None
 
     @property
     def first_serving_s(self) -> float | None:
@@ -215,11 +208,14 @@ class UpReport:
 
     @property
     def ok(self) -> bool:
-        """A replica served and answered at least one request correctly."""
-        return self.first_serving_s is not None and self.requests.correct > 0
+        """A replica served and answered at least one request correctly, and with --chaos every
+        invariant held."""
+        served = self.first_serving_s is not None and self.requests.correct > 0
+        return served and (self.chaos is None or self.chaos.ok)
 
     def to_dict(self) -> dict[str, Any]:
         doc = _plain(self)
+        doc["chaos"] = self.chaos.to_dict() if self.chaos is not None else None
         doc.update(ok=self.ok, first_serving_s=self.first_serving_s, all_serving_s=self.all_serving_s,
                    accuracy=self.requests.accuracy)
         return dict(doc)
@@ -236,260 +232,6 @@ def _plain(value: Any) -> Any:
         return str(value)
     return value
 
-
-# --- the model: trained and compiled in child processes, reused while it verifies -----------------
-
-@dataclass(frozen=True)
-class BuiltModel:
-    folder: Path  # the --out of `edgectl compile` (one sub-folder, TARGET)
-    eval_inputs: Path  # npz keyed by the input name: held out from training
-    eval_labels: Path
-    cached: bool
-    build_s: float
-
-
-class ModelBuild:
-    """The bundled example, signed with the workdir's key: built once, reused by later runs.
-
-        build = ModelBuild(Path(".edgectl-up"))
-        model = build.run()          # blocking; or start() in the background, then .done / .result
-    """
-
-    def __init__(self, workdir: Path, *, on_event: Callable[[str], None] | None = None) -> None:
-        self.dir = workdir / "model"
-        self.example = self.dir / "example"
-        self.out = self.dir / "build"
-        self.key = self.dir / "keys" / "up.key"
-        self.public_key = self.key.with_name(self.key.name + ".pub")
-        self.log_path = self.dir / "build.log"
-        self.on_event = on_event or (lambda _: None)
-        self.result: BuiltModel | None = None
-        self.error: BaseException | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
-        self._cancelled = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def ensure_key(self) -> Path:
-        """The public key the fleet trusts (generated on first use; agents need it at start)."""
-        from edgectl.signing import write_keypair
-
-        if not (self.key.is_file() and self.public_key.is_file()):
-            write_keypair(self.key, overwrite=True)
-        return self.public_key
-
-    def _stamp(self) -> dict[str, str]:
-        try:
-            version = importlib.metadata.version("edgectl")
-        except importlib.metadata.PackageNotFoundError:
-            version = "source"
-        return {"edgectl": version, "example": EXAMPLE, "target": TARGET}
-
-    def cached(self) -> BuiltModel | None:
-        from edgectl.manifest import verify_dir
-        from edgectl.signing import load_public_key
-
-        stamp = self.dir / "stamp.json"
-        files = (self.example / "eval.npz", self.example / "eval_labels.npy", stamp)
-        try:
-            if not all(f.is_file() for f in files) or json.loads(stamp.read_text()) != self._stamp():
-                return None
-            verify_dir(self.out / TARGET, load_public_key(self.public_key))
-        except (EdgectlError, OSError, ValueError):
-            return None  # changed, half-written or signed by an older key: build again
-        return BuiltModel(self.out, self.example / "eval.npz", self.example / "eval_labels.npy", True, 0.0)
-
-    def run(self) -> BuiltModel:
-        t0 = time.monotonic()
-        self.ensure_key()
-        found = self.cached()
-        if found is not None:
-            self.on_event(f"model: reusing {self.out / TARGET} (built by an earlier run, signature verified)")
-            return found
-        shutil.rmtree(self.out, ignore_errors=True)
-        (self.dir / "stamp.json").unlink(missing_ok=True)
-        self.log_path.unlink(missing_ok=True)
-        ex = self.example
-        self._child("training the example model", ["example", EXAMPLE, "--out", str(ex)])
-        self._child(f"compiling it for {TARGET}", [
-            "compile", str(ex / MODEL_FILE), "--target", TARGET, "--calibration", str(ex / "calibration.npz"),
-            "--eval", str(ex / "eval.npz"), "--labels", str(ex / "eval_labels.npy"), "--sign-key", str(self.key),
-            "--out", str(self.out), "--json"])
-        (self.dir / "stamp.json").write_text(json.dumps(self._stamp()))
-        return BuiltModel(self.out, ex / "eval.npz", ex / "eval_labels.npy", False, time.monotonic() - t0)
-
-    def _child(self, what: str, args: list[str]) -> None:
-        # A child process, not a call: torch (hundreds of MB) stays out of the process hosting
-        # the fleet, training gets a GIL of its own, and Ctrl-C can stop it at once.
-        self.on_event(f"{what}: edgectl {shlex.join(args)}")
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # works from a source tree, too
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out, self._lock:
-            if self._cancelled.is_set():
-                raise BuildFailed("cancelled")
-            out.write(f"$ edgectl {shlex.join(args)}\n".encode())
-            out.flush()
-            proc = self._proc = subprocess.Popen([sys.executable, "-m", "edgectl", *args], stdin=subprocess.DEVNULL,
-                                                 stdout=out, stderr=subprocess.STDOUT, env=env)
-        code = proc.wait()
-        with self._lock:
-            self._proc = None
-        if self._cancelled.is_set():
-            raise BuildFailed("cancelled")
-        if code != 0:
-            raise BuildFailed(f"{what} failed (exit code {code}): {self._log_error()}; full log in {self.log_path}")
-
-    def _log_error(self) -> str:
-        lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("error:")]
-        if errors:
-            return errors[-1].removeprefix("error:").strip()
-        return "no variant passed the fidelity gate" if lines and lines[-1] == "}" else (lines or ["no output"])[-1]
-
-    # --- in the background ---
-    def start(self) -> None:
-        def target() -> None:
-            try:
-                self.result = self.run()
-            except BaseException as exc:  # handed to the thread that polls .done
-                self.error = exc
-
-        self._thread = threading.Thread(target=target, name="up-model-build", daemon=True)
-        self._thread.start()
-
-    @property
-    def done(self) -> bool:
-        return self._thread is not None and not self._thread.is_alive()
-
-    def cancel(self, timeout: float = 10.0) -> None:
-        """Stop a running child (SIGTERM, then SIGKILL) and wait for the build thread."""
-        self._cancelled.set()
-        with self._lock:
-            proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout / 2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-
-def prepare_model(workdir: Path) -> BuiltModel:
-    """Build (or reuse) the example model of ``workdir`` now; ``run_up`` then starts with it ready."""
-    return ModelBuild(Path(workdir)).run()
-
-
-# --- requests: HTTP round-robin over the serving replicas, answers checked against labels ----------
-
-class LoadGenerator:
-    """Sends ``rate`` requests/s in total to the devices in ``targets`` (set by the caller)."""
-
-    def __init__(self, inputs: np.ndarray, labels: np.ndarray, input_name: str, *, rate: float, seed: int,
-                 deployment: str = DEPLOYMENT) -> None:
-        order = list(range(len(labels)))
-        random.Random(seed).shuffle(order)
-        # Bodies are encoded once: the load thread should measure the agents, not json.dumps.
-        self._samples = [(json.dumps({"inputs": {input_name: inputs[i : i + 1].tolist()}}).encode(), int(labels[i]))
-                         for i in order]
-        self.path = f"/v1/models/{deployment}:predict"
-        self.rate = rate
-        self.targets: tuple[tuple[str, int], ...] = ()  # (device, HTTP port); replaced, never mutated
-        self.errors: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._sent = self._ok = self._correct = self._failed = 0
-        self._by_device: Counter[str] = Counter()
-        self._latencies: deque[float] = deque(maxlen=5000)
-        self._conns: dict[int, http.client.HTTPConnection] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="up-requests", daemon=True)
-
-    def start(self) -> LoadGenerator:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(REQUEST_TIMEOUT_S + 1)
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
-
-    def _post(self, port: int, body: bytes) -> tuple[int, Any]:
-        """One request on the port's keep-alive connection; a connection the agent closed while
-        idle (its timeout is 30 s, so at low rates) is replaced once, as browsers do."""
-        for attempt in (1, 2):
-            conn = self._conns.get(port)
-            reused = conn is not None
-            if conn is None:
-                conn = self._conns[port] = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
-            try:
-                conn.request("POST", self.path, body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                return resp.status, json.loads(resp.read())
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self._conns.pop(port, None)
-                conn.close()
-                if not reused or attempt == 2:
-                    raise
-            except (OSError, http.client.HTTPException):
-                self._conns.pop(port, None)
-                conn.close()
-                raise
-        raise AssertionError("unreachable")  # the loop returns or raises
-
-    def stats(self) -> RequestStats:
-        with self._lock:
-            lat = sorted(self._latencies)
-            return RequestStats(
-                sent=self._sent, ok=self._ok, correct=self._correct, failed=self._failed,
-                p50_ms=round(lat[len(lat) // 2], 2) if lat else None,
-                p95_ms=round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 2) if lat else None,
-                by_device=dict(sorted(self._by_device.items())),
-            )
-
-    def _run(self) -> None:
-        i = 0
-        next_at = time.monotonic()
-        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
-            next_at = max(next_at + 1 / self.rate, time.monotonic() - 1.0)  # no burst after a stall
-            targets = self.targets
-            if not targets:
-                continue
-            device, port = targets[i % len(targets)]
-            body, label = self._samples[i % len(self._samples)]
-            i += 1
-            self._one(device, port, body, label)
-
-    def _one(self, device: str, port: int, body: bytes, label: int) -> None:
-        t0 = time.perf_counter()
-        error = None
-        predicted = None
-        try:
-            status, doc = self._post(port, body)
-            if status != 200:
-                error = f"{device}: HTTP {status}: {doc.get('error', '?')}"
-            else:
-                row = next(iter(doc["outputs"].values()))[0]
-                predicted = max(range(len(row)), key=row.__getitem__)
-        except (OSError, http.client.HTTPException, ValueError, LookupError, TypeError, AttributeError,
-                StopIteration) as exc:
-            error = f"{device}: {exc.__class__.__name__}: {exc}"
-        ms = (time.perf_counter() - t0) * 1e3
-        with self._lock:
-            self._sent += 1
-            if error is None:
-                self._ok += 1
-                self._correct += predicted == label
-                self._by_device[device] += 1
-                self._latencies.append(ms)
-            else:
-                self._failed += 1
-                self.errors[error] += 1
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -513,6 +255,8 @@ def _signals_deferred() -> Iterator[None]:
 class _Up:
     """One ``run_up``: everything it started, in the order it has to be stopped."""
 
+    deployment_name = DEPLOYMENT
+
     def __init__(self, options: UpOptions, on_status: Callable[[UpStatus], None] | None) -> None:
         self.o = options
         self.on_status = on_status
@@ -532,7 +276,11 @@ class _Up:
         self.mosquitto: MosquittoBroker | None = None
         self.memory: MemoryBroker | None = None
         self.controller: Controller | None = None
+        self.ctl_proc: ControllerProcess | None = None
+        self.cfg: FleetConfig | None = None
         self.http: FleetHttp | None = None
+        self.proxies: dict[str, LinkProxy] = {}
+        self.chaos: ChaosRunner | None = None
         self.store: Store | None = None
         self.agents: list[Agent] = []
         self.devices: list[DeviceInfo] = []
@@ -588,7 +336,7 @@ class _Up:
             devices=tuple(self.devices), model=self.model, deployment=DEPLOYMENT, replicas=self.o.replicas,
             serving=self.serving, timeline=dict(self.timeline), requests=self.requests(), errors=tuple(errors),
             notes=tuple(self.notes), events=tuple(self.events), interrupted=self.interrupted,
-            duration_s=round(self.elapsed(), 2),
+            duration_s=round(self.elapsed(), 2), chaos=self.chaos.report() if self.chaos is not None else None,
         )
 
     # --- start-up ---
@@ -638,7 +386,7 @@ class _Up:
             self.event(f"broker: Mosquitto on {self.broker_url} (pid {pid}, files in {self.shown / 'run' / 'broker'})")
         self.mark("broker_ready")
 
-    def write_fleet_config(self) -> Path:
+    def write_fleet_config(self, http_port: int = 0) -> Path:
         path = self.workdir / "fleet.toml"
         url = self.broker_url or "mqtt://127.0.0.1:1883"
         note = "" if self.broker_url else "  # unused: this run's broker is in-process"
@@ -649,7 +397,7 @@ class _Up:
             'store_url = "run/controller/fleet.db"\n'
             'artifact_dir = "run/controller/artifacts"\n'
             f'trusted_keys = ["{self.build.public_key.relative_to(self.shown)}"]\n'
-            "http_port = 0\n"
+            f"http_port = {http_port}\n"
             "heartbeat_timeout_s = 10\n"
             "reconcile_interval_s = 0.5\n"
             'controller_id = "up"\n'
@@ -672,7 +420,21 @@ class _Up:
         from fleet.store import open_store
 
         self.fleet_config = self.shown / "fleet.toml"
-        cfg = load_fleet_config(self.write_fleet_config())
+        if self.o.chaos is not None:  # a child process: a fault kills -9 it and starts it again
+            from fleet.broker import free_port
+            from fleet.controller_proc import ControllerProcess
+
+            port = free_port()
+            self.cfg = load_fleet_config(self.write_fleet_config(port))
+            self.ctl_proc = ControllerProcess(self.workdir / "fleet.toml", http_port=port,
+                                              log_path=self.run_dir / "controller" / "controller.log")
+            pid = self.ctl_proc.start()
+            self.store = open_store(self.cfg.store_url)
+            self.mark("controller_ready")
+            self.event(f"controller: process {pid}, HTTP API on http://127.0.0.1:{port}/v1/status "
+                       f"(log in {self.shown / 'run' / 'controller' / 'controller.log'})")
+            return
+        cfg = self.cfg = load_fleet_config(self.write_fleet_config())
         transport = MemoryTransport(self.memory, f"edgectl-controller-{cfg.controller_id}") if self.memory else None
         self.controller = Controller(cfg, transport=transport, rng=random.Random(self.o.seed))
         self.controller.start()
@@ -683,32 +445,63 @@ class _Up:
 
     def start_agents(self) -> None:
         from edge_agent.config import AgentConfig, BrokerConfig, HttpConfig
-        from edge_agent.daemon import Agent, state_message
-        from edgectl import wire
-        from edgectl.transport.base import Will
-        from edgectl.transport.memory import MemoryTransport
 
         for i in range(self.o.devices):
             device_id = f"dev-{i + 1:02d}"
             profile = PROFILES[i % len(PROFILES)]
             labels = {"profile": profile.name, "zone": ZONES[i % len(ZONES)], "site": SITES[i % len(SITES)]}
+            url = self.broker_url or "mqtt://127.0.0.1:1883"
+            if self.o.chaos is not None and self.mosquitto is not None:
+                from fleet.linkproxy import LinkProxy
+
+                # Its own TCP link to the broker, which a fault can cut, slow down or damage.
+                proxy = self.proxies[device_id] = LinkProxy(self.mosquitto.host, self.mosquitto.port,
+                                                            name=device_id).start()
+                url = proxy.url
             cfg = AgentConfig(
                 device_id=device_id, data_dir=self.run_dir / "devices" / device_id,
-                broker=BrokerConfig(url=self.broker_url or "mqtt://127.0.0.1:1883"),
-                trusted_keys=(self.build.public_key.resolve(),), memory_budget_bytes=profile.memory_budget_mb << 20,
+                broker=BrokerConfig(url=url), trusted_keys=(self.build.public_key.resolve(),),
+                memory_budget_bytes=profile.memory_budget_mb << 20,
                 telemetry_interval_s=2.0, labels=tuple(sorted(labels.items())), http=HttpConfig(port=0), tick_s=1.0,
             )
-            transport = None
-            if self.memory is not None:
-                will = Will(wire.state_topic(device_id), state_message(device_id, False, None), qos=1, retain=True)
-                transport = MemoryTransport(self.memory, f"edgectl-agent-{device_id}", will=will)
-            agent = Agent(cfg, transport=transport)
-            self.agents.append(agent)  # before start(): a half-started agent is still stopped
-            agent.start()
+            agent = self.start_agent(cfg)
             port = agent.http.port if agent.http is not None else None
             self.devices.append(DeviceInfo(device_id, profile.name, labels, profile.memory_budget_mb, port))
         self.mark("devices_started")
         self.event(f"{self.o.devices} device(s) started; each connects, announces itself and waits for work")
+
+    def start_agent(self, cfg: AgentConfig) -> Agent:
+        from edge_agent.daemon import Agent, state_message
+        from edgectl import wire
+        from edgectl.transport.base import Will
+        from edgectl.transport.memory import MemoryTransport
+
+        transport = None
+        if self.memory is not None:
+            will = Will(wire.state_topic(cfg.device_id), state_message(cfg.device_id, False, None), qos=1, retain=True)
+            transport = MemoryTransport(self.memory, f"edgectl-agent-{cfg.device_id}", will=will)
+        agent = Agent(cfg, transport=transport)
+        self.agents.append(agent)  # before start(): a half-started agent is still stopped
+        agent.start()
+        return agent
+
+    def set_http_port(self, device: str, port: int | None) -> None:
+        """A device restarted by a fault serves on a new port (None while it is down)."""
+        from fleet.up_chaos import replace_port
+
+        replace_port(self.devices, device, port)
+
+    def maybe_start_chaos(self) -> None:
+        if self.o.chaos is None or self.chaos is not None or "all_serving" not in self.timeline:
+            return
+        from fleet.chaos import ChaosRunner
+        from fleet.up_chaos import UpChaosFleet
+
+        assert self.cfg is not None
+        self.event(f"chaos: {len(self.o.chaos.faults)} fault(s), seed {self.o.chaos.seed}: "
+                   + ", ".join(self.o.chaos.faults))
+        self.phase = "chaos"
+        self.chaos = ChaosRunner(UpChaosFleet(self), self.o.chaos, self.cfg.store_url, self.elapsed).start()
 
     # --- the loop ---
     def tick(self) -> None:
@@ -729,7 +522,7 @@ class _Up:
                     self._states[key] = m["state"]
                     why = f" ({m['reason']})" if m["reason"] and m["state"] in FAILED else ""
                     self.event(f"{d['id']}: {m['deployment']}@{m['version']} {m['state']} ({m['variant']}){why}")
-                if m["state"] in FAILED:
+                if m["state"] in FAILED and self.o.chaos is None:  # under chaos, failures are expected
                     self.error(f"{d['id']}: {m['deployment']} {m['state']}: {m['reason'] or 'no reason given'}")
         for e in self.store.list_events(since_id=self._event_id, limit=100):
             self._event_id = e.id
@@ -763,6 +556,7 @@ class _Up:
         if self.load is not None:
             ports = {x.id: x.http_port for x in self.devices if x.http_port is not None}
             self.load.targets = tuple((d, ports[d]) for d in serving if d in ports)
+        self.maybe_start_chaos()
 
     def deploy(self, built: BuiltModel) -> None:
         import numpy as np
@@ -772,8 +566,8 @@ class _Up:
         from fleet.model import DeploymentSpec
         from fleet.ops import deploy, publish_dir
 
-        assert self.controller is not None and self.store is not None
-        cfg = self.controller.cfg
+        assert self.cfg is not None and self.store is not None
+        cfg = self.cfg
         mv = publish_dir(self.store, ArtifactStore(cfg.artifact_dir), built.folder, load_trusted_keys(cfg.trusted_keys))
         self.mark("published")
         manifest = json.loads((built.folder / TARGET / "manifest.json").read_text())
@@ -789,7 +583,8 @@ class _Up:
             name = npz.files[0]
             inputs = npz[name]
         labels = np.load(built.eval_labels)
-        self.load = LoadGenerator(inputs, labels, name, rate=self.o.requests_per_s, seed=self.o.seed).start()
+        self.load = LoadGenerator(inputs, labels, name, rate=self.o.requests_per_s, seed=self.o.seed,
+                                  deployment=DEPLOYMENT).start()
 
     def loop(self) -> None:
         self.phase = "building"
@@ -801,6 +596,9 @@ class _Up:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
+            if self.chaos is not None and self.chaos.done:
+                self.event("chaos: schedule done")
+                return
             time.sleep(TICK_S if deadline is None else max(0.0, min(TICK_S, deadline - now)))
 
     # --- shutdown: the reverse order, each step whatever happened before ---
@@ -809,6 +607,7 @@ class _Up:
         t = time.monotonic()
         with contextlib.suppress(Exception):
             self.notify(force=True)
+        self._quietly("stop the fault injection", lambda: self.chaos.stop() if self.chaos else None)
         self._quietly("stop the request generator", lambda: self.load.stop() if self.load else None)
         self._quietly("stop the model build", self.build.cancel)
         threads = [threading.Thread(target=self._quietly, args=(f"stop {a.device_id}", a.stop), name="up-stop")
@@ -821,6 +620,10 @@ class _Up:
             self._quietly("stop the controller's HTTP API", self.http.stop)
         if self.controller is not None:
             self._quietly("stop the controller", self.controller.stop)
+        if self.ctl_proc is not None:
+            self._quietly("stop the controller process", self.ctl_proc.stop)
+        for proxy in self.proxies.values():
+            self._quietly("stop a link proxy", proxy.stop)
         if self.store is not None:
             self._quietly("close the store", self.store.close)
         if self.mosquitto is not None:

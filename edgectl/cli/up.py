@@ -39,6 +39,7 @@ PHASES = {
     "building": "building the example model (~15 s the first time, cached after)",
     "deploying": "deploying",
     "serving": "serving",
+    "chaos": "injecting faults",
     "stopping": "stopping",
     "stopped": "stopped",
 }
@@ -51,11 +52,29 @@ def up_command(
     broker: str = typer.Option("auto", "--broker", help="auto (Mosquitto when installed), mosquitto or memory."),
     rate: float = typer.Option(10.0, "--rate", help="Inference requests per second, over all serving replicas."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end, no live view."),
+    chaos: str | None = typer.Option(
+        None, "--chaos", help="Faults to inject once the model serves: NAME[,NAME…] (kill-device, cut-link, "
+        "broker-restart, controller-restart, slow-link, corrupt-chunk, disk-full), all, or random:N."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the fault schedule, its targets and the scheduler."),
+    fault_s: float = typer.Option(6.0, "--fault-seconds", help="How long a timed fault lasts."),
+    recovery_timeout: float = typer.Option(90.0, "--recovery-timeout",
+                                           help="A fault not recovered from within this many seconds fails the run."),
 ) -> None:
-    """Run a whole fleet on this machine: broker, controller, devices, a model deployed and serving."""
+    """Run a whole fleet on this machine: broker, controller, devices, a model deployed and serving.
+
+    With --chaos, faults are injected one after another once the model serves; the run ends with
+    a report of each fault's recovery time and of the invariants, and exits 1 when one failed."""
+    from fleet.chaos import ChaosOptions, parse_chaos
     from fleet.up import UpOptions, run_up
 
-    options = UpOptions(devices=devices, workdir=workdir, duration=duration, requests_per_s=rate, broker=broker)
+    chaos_options = None
+    if chaos is not None:
+        if not fault_s > 0 or not recovery_timeout > 0:
+            raise typer.BadParameter("--fault-seconds and --recovery-timeout must be positive")
+        chaos_options = ChaosOptions(parse_chaos(chaos, seed), seed=seed, fault_s=fault_s,
+                                     recovery_timeout_s=recovery_timeout)
+    options = UpOptions(devices=devices, workdir=workdir, duration=duration, requests_per_s=rate, broker=broker,
+                        seed=seed, chaos=chaos_options)
     live = not as_json and console().is_terminal
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +166,8 @@ def summary_lines(report: UpReport) -> list[str]:
     lines.append("  errors      " + ("none" if not report.errors else f"{len(report.errors)}"))
     lines += [f"    {e}" for e in report.errors]
     lines += [f"  note        {n}" for n in report.notes]
+    if report.chaos is not None:
+        lines += ["  " + ln for ln in report.chaos.lines()]
     lines.append(f"  stopped     broker, controller and devices; files in {report.workdir} "
                  f"(look around: edgectl fleet events -c {report.fleet_config})")
     return lines

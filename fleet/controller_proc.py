@@ -1,0 +1,90 @@
+"""The fleet controller as a child process (``edgectl fleet serve -c fleet.toml``), so that
+``edgectl up --chaos controller-restart`` can kill -9 it and start it again on the same store::
+
+    ctl = ControllerProcess(Path("fleet.toml"), http_port=8480, log_path=Path("controller.log"))
+    ctl.start()        # waits until its HTTP API answers
+    ctl.kill()         # SIGKILL, reaped: no clean shutdown, the store is whatever was committed
+    ctl.start()        # a new process on the same config, store and artifacts
+    ctl.stop()         # SIGTERM, then SIGKILL after a timeout
+
+Like Mosquitto in ``fleet/broker.py`` it runs in a session of its own (a Ctrl-C reaches only
+``edgectl up``, which stops it in order) and gets SIGTERM from Linux if its parent dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgectl.errors import EdgectlError
+from fleet.broker import _die_with_parent, accepts_connections
+
+
+class ControllerError(EdgectlError):
+    """The controller process exited or did not open its HTTP port in time."""
+
+
+class ControllerProcess:
+    def __init__(self, config: Path, *, http_port: int, log_path: Path) -> None:
+        self.config = config
+        self.http_port = http_port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> int:
+        """Start it and wait until its HTTP API accepts connections; returns the pid."""
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # works from a source tree, too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edgectl", "fleet", "serve", "-c", str(self.config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                self.proc = None
+                raise ControllerError(f"the controller exited with code {code}; see {self.log_path}")
+            if accepts_connections("127.0.0.1", self.http_port, timeout=0.2):
+                return self.proc.pid
+            time.sleep(0.05)
+        self.stop()
+        raise ControllerError(f"the controller did not open port {self.http_port} within {timeout:g} s; "
+                              f"see {self.log_path}")
+
+    def kill(self) -> int | None:
+        """SIGKILL and reap; returns the pid killed."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return proc.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
