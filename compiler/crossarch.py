@@ -2,7 +2,7 @@
 record how close they come to the fp32 reference, next to the host's numbers in the manifest.
 
     arm64 rootfs (scripts/make_arm64_rootfs.sh: Debian + onnxruntime + LiteRT)
-        │  qemu-aarch64 user mode (-L rootfs): crossarch_guest.py runs every artifact on the eval samples
+        │  qemu-aarch64 user mode (-L rootfs, -cpu per target): crossarch_guest.py runs every artifact
         ▼
     outputs ─► fidelity.compare vs the fp32 reference ─► variant["fidelity_emulated"] (before signing)
             └► max |Δ| vs the same artifact on this host ≤ selftest_atol (what the device self-test promises)
@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 
 # --verify-on name → the targets' `arch` field, and the qemu user-mode binary that runs it.
 ARCHES = {"arm64": ("aarch64", "qemu-aarch64-static")}
+# qemu's CPU model for a target, by its `isa`: the emulated CPU must offer no more than the device,
+# or LiteRT's XNNPACK picks kernels the device never runs. qemu's default (-cpu max) advertises
+# SVE2/SME/I8MM; on it XNNPACK takes its SME int8 GEMM path, which under qemu 7.2 gives wrong
+# int8 conv/fully-connected outputs (digits CNN: top-1 agree 9%) while a real Cortex-A72 has no SME.
+# First match wins; a model with at least the listed features and nothing the device lacks.
+QEMU_CPUS = (({"neon", "asimddp", "asimdhp"}, "cortex-a76"), ({"neon"}, "cortex-a72"))
 ROOTFS_SCRIPT = "scripts/make_arm64_rootfs.sh"
 READY_MARK = ".edgectl-verify-ready"
 GUEST = Path(__file__).with_name("crossarch_guest.py")
@@ -61,24 +67,29 @@ class Userland:
     rootfs: Path
     emulator: str | None  # None when this host runs the architecture natively
 
-    def command(self) -> list[str]:
+    def command(self, target: Target | None = None) -> list[str]:
         python = str(self.rootfs / "usr" / "bin" / "python3")
+        if self.emulator is None:
+            return [python]
         # -L: the guest's absolute paths resolve in the rootfs first, then on the host (artifacts, job files).
-        return [python] if self.emulator is None else [self.emulator, "-L", str(self.rootfs), python]
+        cpu = [] if target is None else ["-cpu", qemu_cpu(target)]
+        return [self.emulator, *cpu, "-L", str(self.rootfs), python]
 
     def describe(self) -> str:
         how = "native" if self.emulator is None else f"{Path(self.emulator).name} user mode"
         return f"{self.name} userland {self.rootfs} ({how})"
 
-    def run_artifacts(self, artifacts: dict[str, Path], data: TensorSet) -> tuple[dict[str, list[np.ndarray]], dict]:
-        """Every artifact's outputs on ``data`` in this userland, and the guest's result.json."""
+    def run_artifacts(self, artifacts: dict[str, Path], data: TensorSet,
+                      target: Target | None = None) -> tuple[dict[str, list[np.ndarray]], dict]:
+        """Every artifact's outputs on ``data`` in this userland (emulating ``target``'s CPU when
+        given), and the guest's result.json."""
         with tempfile.TemporaryDirectory(prefix="edgectl-crossarch-") as tmp:
             job_dir = Path(tmp)
             np.savez(job_dir / "data.npz", **data)  # type: ignore[arg-type]
             job = {"data": str(job_dir / "data.npz"), "artifacts": {k: str(p.resolve()) for k, p in artifacts.items()}}
             (job_dir / "job.json").write_text(json.dumps(job))
             try:
-                proc = subprocess.run([*self.command(), str(GUEST), str(job_dir)], capture_output=True, text=True,
+                proc = subprocess.run([*self.command(target), str(GUEST), str(job_dir)], capture_output=True, text=True,
                                       timeout=TIMEOUT_S, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
             except subprocess.TimeoutExpired as exc:
                 raise UserlandError(f"the {self.describe()} did not finish in {TIMEOUT_S} s") from exc
@@ -93,6 +104,15 @@ class Userland:
                     with np.load(job_dir / f"out.{variant}.npz") as npz:
                         outputs[variant] = [npz[f"o{i}"] for i in range(len(npz.files))]
             return outputs, result
+
+
+def qemu_cpu(target: Target) -> str:
+    """The qemu ``-cpu`` model that offers ``target``'s ISA features and none it lacks."""
+    isa = set(target.isa)
+    for needs, cpu in QEMU_CPUS:
+        if needs <= isa:
+            return cpu
+    raise UserlandError(f"no qemu CPU model for {target.name} (isa {sorted(isa)})")
 
 
 def find_userland(name: str, rootfs: Path | None) -> Userland:
@@ -134,7 +154,7 @@ class EmulatedCheck:
         if target.arch != self.userland.arch or not emitted:
             return {}
         data, reference = ctx.data.eval_data, ctx.reference
-        outputs, result = self.userland.run_artifacts(emitted, data)
+        outputs, result = self.userland.run_artifacts(emitted, data, target)
         records: dict[str, dict[str, Any]] = {}
         for variant, path in emitted.items():
             rec: dict[str, Any] = {

@@ -5,17 +5,21 @@ fails (never skips) when it cannot."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from compiler.crossarch import Userland, qemu_cpu
 from edgectl.cli import app
 from edgectl.manifest import verify_dir
 from edgectl.signing import load_public_key, write_keypair
+from edgectl.targets import all_targets, load_target
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -72,3 +76,76 @@ def test_verify_on_arm64_records_emulated_fidelity_before_signing(digits_cnn, ar
     # x86 targets are not run in the arm64 userland.
     x86 = verify_dir(out / "x86_64-avx2", public_key=load_public_key(public))
     assert not any("fidelity_emulated" in v for v in x86["variants"])
+
+
+@pytest.mark.parametrize("name", [t.name for t in all_targets() if t.arch == "aarch64"])
+def test_emulated_cpu_offers_no_feature_the_target_lacks(name: str, tmp_path: Path) -> None:
+    # qemu's default -cpu max advertises SVE2/SME/I8MM: LiteRT's XNNPACK then ran SME int8 GEMM
+    # kernels no Cortex-A72 has, and the digits CNN's tflite-int8 agreed on 9% of top-1 labels.
+    target = load_target(name)
+    cpu = qemu_cpu(target)
+    assert cpu != "max" and not cpu.startswith(("max,", "a64fx"))
+    assert name != "arm64-cortex-a72" or cpu == "cortex-a72"
+    userland = Userland("arm64", "aarch64", tmp_path, "/usr/bin/qemu-aarch64-static")
+    command = userland.command(target)
+    assert command[command.index("-cpu") + 1] == cpu
+
+
+_GUEST_CASES = """
+import json, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+jobs = json.load(open(sys.argv[1]))
+out = {}
+for name, (model, data) in jobs.items():
+    inputs = dict(np.load(data))
+    it = Interpreter(model_path=model, num_threads=1)
+    for d in it.get_input_details():
+        it.resize_tensor_input(d["index"], list(inputs[d["name"]].shape))
+    it.allocate_tensors()
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], inputs[d["name"]])
+    it.invoke()
+    for i, d in enumerate(it.get_output_details()):
+        out[f"{name}|{i}"] = it.get_tensor(d["index"])
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.mark.arm64
+def test_every_int8_conformance_case_matches_this_host_on_arm64(arm64_rootfs, tmp_path: Path) -> None:
+    # Op by op, in seconds: every int8 kernel (XNNPACK's, on the emulated Cortex-A72) within one
+    # LSB of this host's, so a kernel-path difference names its op instead of a whole model.
+    from compiler.crossarch import find_userland
+    from compiler.tflite import lower_to_tflite
+    from tests.compiler.tflite.cases import INT8_EXCLUDES, INT8_MAX_LSB, all_cases
+    from tests.compiler.tflite.quantized import output_scales, qdq_model
+    from tests.compiler.tflite.runners import run_litert
+
+    jobs, host, scales = {}, {}, {}
+    for case in all_cases():
+        if case.name in INT8_EXCLUDES:
+            continue
+        qdq = qdq_model(case)
+        model = tmp_path / f"{case.name}.tflite"
+        model.write_bytes(lower_to_tflite(qdq, precision="int8"))
+        np.savez(tmp_path / f"{case.name}.npz", **case.inputs)  # type: ignore[arg-type]
+        jobs[case.name] = (str(model), str(tmp_path / f"{case.name}.npz"))
+        for i, (value, scale) in enumerate(zip(run_litert(model.read_bytes(), case.inputs),
+                                               output_scales(qdq).values(), strict=True)):
+            host[f"{case.name}|{i}"], scales[f"{case.name}|{i}"] = value, scale
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    (tmp_path / "guest.py").write_text(_GUEST_CASES)
+    userland = find_userland("arm64", arm64_rootfs)
+    proc = subprocess.run([*userland.command(load_target("arm64-cortex-a72")), str(tmp_path / "guest.py"),
+                           str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(tmp_path / "out.npz") as npz:
+        far = {}
+        for key, want in host.items():
+            diff = float(np.abs(npz[key].astype(np.float64) - want).max())
+            scale = scales[key]
+            if diff > (1e-5 if scale is None else INT8_MAX_LSB * scale * (1 + 1e-4)):
+                far[key] = diff if scale is None else f"{diff / scale:.1f} LSB"
+    assert far == {}, far
