@@ -94,6 +94,17 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def stop_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, SIGKILL after ``timeout``; always reaped (no zombie left behind)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class MosquittoBroker:
     """One Mosquitto process whose files live in ``folder`` (created if needed)."""
 
@@ -188,15 +199,8 @@ class MosquittoBroker:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (Mosquitto saves its state and exits), SIGKILL after ``timeout``; always reaped."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_child(proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL, reaped: a broker crash (nothing saved since the last autosave). ``start()``

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from edgectl.errors import EdgectlError
-from fleet.broker import _die_with_parent, accepts_connections
+from fleet.broker import _die_with_parent, accepts_connections, stop_child
 
 
 class ControllerError(EdgectlError):
@@ -79,12 +79,5 @@ class ControllerProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_child(proc, timeout)
