@@ -94,6 +94,16 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def wait_listening(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> bool:
+    """Poll until ``proc`` accepts connections on ``port``: False if it exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if accepts_connections(host, port, timeout=0.2):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def stop_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM, SIGKILL after ``timeout``; always reaped (no zombie left behind)."""
     if proc.poll() is None:
@@ -175,15 +185,12 @@ class MosquittoBroker:
             self.proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
                                          preexec_fn=_die_with_parent())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                self.proc = None
-                raise BrokerError(f"mosquitto exited with code {code} on {self.host}:{self.port}: {self._log_tail()}")
-            if accepts_connections(self.host, self.port):
-                return
-            time.sleep(0.05)
+        if wait_listening(self.proc, self.host, self.port, timeout):
+            return
+        code = self.proc.poll()
+        if code is not None:
+            self.proc = None
+            raise BrokerError(f"mosquitto exited with code {code} on {self.host}:{self.port}: {self._log_tail()}")
         self.stop()
         raise BrokerError(f"mosquitto did not accept connections on {self.host}:{self.port} within {timeout:g} s: "
                           f"{self._log_tail()}")

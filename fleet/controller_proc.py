@@ -17,11 +17,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from edgectl.errors import EdgectlError
-from fleet.broker import _die_with_parent, accepts_connections, stop_child
+from fleet.broker import _die_with_parent, stop_child, wait_listening
 
 
 class ControllerError(EdgectlError):
@@ -54,15 +53,12 @@ class ControllerProcess:
                 [sys.executable, "-m", "edgectl", "fleet", "serve", "-c", str(self.config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 preexec_fn=_die_with_parent())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                self.proc = None
-                raise ControllerError(f"the controller exited with code {code}; see {self.log_path}")
-            if accepts_connections("127.0.0.1", self.http_port, timeout=0.2):
-                return self.proc.pid
-            time.sleep(0.05)
+        if wait_listening(self.proc, "127.0.0.1", self.http_port, timeout):
+            return self.proc.pid
+        code = self.proc.poll()
+        if code is not None:
+            self.proc = None
+            raise ControllerError(f"the controller exited with code {code}; see {self.log_path}")
         self.stop()
         raise ControllerError(f"the controller did not open port {self.http_port} within {timeout:g} s; "
                               f"see {self.log_path}")
