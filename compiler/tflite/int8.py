@@ -303,14 +303,19 @@ def quantize_builder(
         if t.source in plan.activations and builder.tensors[i].buffer == 0 and t.dtype == np.float32
     }
     p = _Pass(builder, plan, nodes, params, [], {}, {})
+
+    def float_edge(tensor: int) -> int:
+        """A float32 tensor that takes over ``tensor``'s graph name; ``tensor`` stays int8 inside."""
+        outer = p.like(tensor, "float", np.float32)
+        builder.tensors[outer].name = builder.tensors[tensor].name
+        builder.tensors[tensor].name += "_int8"
+        return outer
+
     new_inputs = []
     for tensor in inputs:
-        if tensor in params and io == "float":
-            outer = p.like(tensor, "float", np.float32)
-            builder.tensors[outer].name = builder.tensors[tensor].name
-            builder.tensors[tensor].name += "_int8"
-            p.emit(_OP.QUANTIZE, [outer], [tensor])
-            new_inputs.append(outer)
+        if tensor in p.params and io == "float":
+            new_inputs.append(float_edge(tensor))
+            p.emit(_OP.QUANTIZE, [new_inputs[-1]], [tensor])
         else:
             new_inputs.append(tensor)
     for op in list(builder.operators):
@@ -318,11 +323,8 @@ def quantize_builder(
     new_outputs = []
     for tensor in outputs:
         if tensor in p.params and io == "float":
-            outer = p.like(tensor, "float", np.float32)
-            builder.tensors[outer].name = builder.tensors[tensor].name
-            builder.tensors[tensor].name += "_int8"
-            p.emit(_OP.DEQUANTIZE, [tensor], [outer])
-            new_outputs.append(outer)
+            new_outputs.append(float_edge(tensor))
+            p.emit(_OP.DEQUANTIZE, [tensor], [new_outputs[-1]])
         else:
             new_outputs.append(tensor)
     for tensor, q in p.params.items():
