@@ -60,8 +60,8 @@ def test_reshape_from_a_transpose_keeps_the_dynamic_batch() -> None:
     np.testing.assert_array_equal(run_litert(data, x)[0], run_onnxruntime(model, x)[0])
 
 
-def test_detection_head_concat_needs_one_transpose_back() -> None:
-    # YOLO's head: each scale's NHWC map is flattened to [N, C, H·W] and the scales concatenated.
+def _detection_head() -> onnx.ModelProto:
+    """YOLO's head: each scale's NHWC map is flattened to [N, C, H·W] and the scales concatenated."""
     r = np.random.default_rng(3)
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"]),
@@ -74,7 +74,12 @@ def test_detection_head_concat_needs_one_transpose_back() -> None:
                                                 "w2": r.standard_normal((3, 2, 1, 1))})
     model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(v, dtype=np.int64), n)
                                     for n, v in (("s1", [1, 3, 16]), ("s2", [1, 3, 4]))])
-    x = {"x": r.standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    return model
+
+
+def test_detection_head_concat_needs_one_transpose_back() -> None:
+    model = _detection_head()
+    x = {"x": np.random.default_rng(4).standard_normal((1, 2, 4, 4)).astype(np.float32)}
     data = lower_to_tflite(model)
     np.testing.assert_allclose(run_litert(data, x)[0], run_onnxruntime(model, x)[0], rtol=1e-5, atol=1e-5)
     assert opcodes(data).count(OP.TRANSPOSE) == 2  # the input's, and one after the concatenation
@@ -118,18 +123,7 @@ def test_int8_sigmoid_between_transposes_keeps_its_parameters() -> None:
 
 
 def test_int8_concat_below_moved_transposes_keeps_its_parameters() -> None:
-    r = np.random.default_rng(3)
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"]),
-        helper.make_node("Conv", ["x", "w2"], ["c2"], strides=[2, 2]),
-        helper.make_node("Reshape", ["c1", "s1"], ["f1"]),
-        helper.make_node("Reshape", ["c2", "s2"], ["f2"]),
-        helper.make_node("Concat", ["f1", "f2"], ["y"], axis=2),
-    ]
-    model = _model(nodes, [1, 2, 4, 4], None, {"w1": r.standard_normal((3, 2, 1, 1)),
-                                                "w2": r.standard_normal((3, 2, 1, 1))})
-    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(v, dtype=np.int64), n)
-                                    for n, v in (("s1", [1, 3, 16]), ("s2", [1, 3, 4]))])
+    model = _detection_head()
     data = lower_to_tflite(model)
     assert opcodes(data).count(OP.TRANSPOSE) == 2  # the concat rule fired in fp32 ...
     assert _int8_check(model, [1, 2, 4, 4]) == []  # ... and in int8 the concat stayed int8
