@@ -15,8 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import pytest
 
 from edgectl.transport.mqtt import MqttSettings, MqttTransport
 from fleet.artifacts import ArtifactStore
-from tests.edge_agent.agent_rig import ControllerSide, deployment
+from tests.edge_agent.agent_rig import ControllerSide, deployment, http_json
 from tests.mosquitto import free_port
 
 pytestmark = [pytest.mark.images, pytest.mark.slow, pytest.mark.mqtt]
@@ -112,13 +110,7 @@ class Container:
         return proc.stdout + proc.stderr
 
     def http(self, method: str, path: str, body: bytes | None = None, timeout: float = 30) -> tuple[int, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+        return http_json(self.port, method, path, body, timeout)
 
     def running(self) -> bool:
         return _run("docker", "inspect", "-f", "{{.State.Running}}", self.name, check=False).stdout.strip() == "true"

@@ -77,6 +77,20 @@ def deployment(name: str, ref: ArtifactRef, variant_file: str, **guard: float) -
     return wire.Deployment(name, ref.manifest_sha256, ref.manifest_size, variant_file, wire.Guard(**guard))
 
 
+def http_json(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """One request to an agent's local HTTP API: (status, decoded JSON body), errors included."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
 class AgentProcess:
     """The real agent daemon in its own process (``python -m edge_agent``), for kill -9 tests."""
 
@@ -126,16 +140,7 @@ class AgentProcess:
         return self.proc.wait(20)
 
     def http(self, method: str, path: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, Any]:
-        import urllib.error
-        import urllib.request
-
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+        return http_json(self.http_port, method, path, body, timeout)
 
     def wait_http(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
