@@ -29,6 +29,7 @@ import numpy as np
 
 from compiler.data import TensorSet
 from compiler.fidelity import Budget, Outputs, compare, run
+from compiler.manifest_builder import selftest_atol
 from edgectl.errors import UserError
 from edgectl.targets import Target
 
@@ -134,12 +135,6 @@ def find_userland(name: str, rootfs: Path | None) -> Userland:
     return Userland(name, arch, root, emulator)
 
 
-def selftest_atol(host_max_abs: float) -> float:
-    from compiler.manifest_builder import SELFTEST_ERROR_FACTOR, SELFTEST_MIN_ATOL
-
-    return max(SELFTEST_MIN_ATOL, SELFTEST_ERROR_FACTOR * host_max_abs)
-
-
 @dataclass
 class EmulatedCheck:
     """The ``cross_check`` hook of ``compile_model``: called per target folder before signing;
@@ -176,7 +171,8 @@ class EmulatedCheck:
                           default=0.0)
             host_err = max((float(np.abs(host.values[i].astype(np.float64) - reference.values[i]).max())
                             for i in floats), default=0.0)
-            atol = selftest_atol(host_err)
+            # The manifest's own tolerance for this variant ("tflite-fp16" → fp16's).
+            atol = selftest_atol(variant.rsplit("-", 1)[-1], host_err)
             violations = self.budget.violations(compare(got, reference, labels=ctx.data.labels, size_bytes=0))
             if vs_host > atol:
                 violations.append(f"max |Δ| vs this host's output {vs_host:.3g} is over the self-test "

@@ -103,6 +103,12 @@ def _selftest(folder: Path, ctx: ManifestContext, emitted: dict[str, Path]) -> d
     return {"file": SELFTEST_NAME, "samples": SELFTEST_SAMPLES, "keys": "input.<input>, output.<variant>.<output>"}
 
 
+def selftest_atol(precision: str, host_max_abs: float) -> float:
+    """How far a device's output of an artifact may be from this host's: a multiple of the
+    artifact's own largest float error vs fp32 here (``host_max_abs``)."""
+    return max(SELFTEST_MIN_ATOL, SELFTEST_ERROR_FACTORS.get(precision, SELFTEST_ERROR_FACTOR) * host_max_abs)
+
+
 def _variant_entry(built: Built, file: str | None) -> dict[str, Any]:
     fid = built.fidelity.to_dict() if built.fidelity else None
     entry: dict[str, Any] = {
@@ -117,8 +123,7 @@ def _variant_entry(built: Built, file: str | None) -> dict[str, Any]:
     }
     if built.fidelity is not None:
         worst = max((e.max_abs for e in built.fidelity.outputs.values() if e.agreement is None), default=0.0)
-        factor = SELFTEST_ERROR_FACTORS.get(built.precision, SELFTEST_ERROR_FACTOR)
-        entry["selftest_atol"] = max(SELFTEST_MIN_ATOL, factor * worst)
+        entry["selftest_atol"] = selftest_atol(built.precision, worst)
     if built.skipped:
         entry["skipped"] = built.reason
     elif not built.emitted:
