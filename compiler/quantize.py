@@ -150,7 +150,11 @@ def quantize(
 def to_fp16(model_path: Path, out_path: Path) -> None:
     """fp16 weights and compute, fp32 inputs/outputs so callers feed the same tensors."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(model_path))
-    converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, str(out_path))
+    converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True))
+    # The converter appends the input casts after the nodes that read them: onnxruntime sorts the
+    # graph itself, but the ONNX checker and onnx.reference need the order the spec requires.
+    converted.topological_sort()
+    onnx.save(converted.model, str(out_path))
