@@ -12,7 +12,8 @@ depends on the model, so each carries its own bound with the measured value and 
   3.2M outputs on 8 crops), and the depthwise convs then multiply such a 1 LSB step by up to 21
   (BatchNorm-folded 3×3 kernels at ReLU6's 6/255 scale), so by the pooled features 26% of values
   differ by ≥ 1 LSB and logits by up to 5 LSB. 8% of crops have their two top ONNX int8 logits
-  within 2 LSB; every one of the 29 flips is among them. Held by a 96% floor and the near-tie rule.
+  within 2 LSB; every one of the 29 flips is among them. Held by a 96% floor, the near-tie rule,
+  and the 99.5% on the crops fp32 is confident about (top-1 probability > 50%: 202/202).
 - MobileNetV3-Small (seeded weights, 32 photos): its 1000 logits sit a median 2 LSB apart
   (top-1 vs top-2 of the ONNX int8 output), so one LSB flips top-1 and top-1 agreement is not a
   meaningful gate; it is held by cosine and max LSB, and disagreements must be near-ties.
@@ -51,6 +52,7 @@ from tests import zoo
 TARGET = "arm64-cortex-a76"
 # The gate runs six variants on the eval rows; the 1,000-row sets would take it minutes.
 COMPILE_EVAL_ROWS = 64
+MIN_TOP1 = 0.995  # the issue's goal: tflite-int8 picks ONNX int8's class
 
 
 @dataclass(frozen=True)
@@ -61,16 +63,19 @@ class Bound:
     max_mean_lsb: float
     max_float_ops: int  # operators computing in float in tflite-int8 (islands of ops ORT keeps float)
     max_fp16_error: float = 2e-2  # tflite-fp16 vs tflite-fp32, relative to the output's largest magnitude
+    # The issue's 99.5% held on the rows whose fp32 softmax gives top-1 more than this probability.
+    confident: float | None = None
 
 
 BOUNDS = {
     # measured: top-1 1000/1000, max 1 LSB (mean 0.002), cosine 1.0, 46 float ops (Div/Mul/Add/Min
     # of Paddle's hardsigmoid, which onnxruntime leaves in float as well).
-    "ppocr_cls": Bound(0.995, 0.9999, 2.0, 0.1, 46),
+    "ppocr_cls": Bound(MIN_TOP1, 0.9999, 2.0, 0.1, 46),
     # measured (XNNPACK): top-1 971/1000, all 29 flips at margins ≤ 2 LSB (see the docstring),
     # max 5 LSB, mean 0.345 LSB, cosine 0.99956; 2 float ops (the global average pool's MEAN and
     # its reshape, float in the QDQ graph too). fp16: 9.6e-3 of the largest logit.
-    "efficientnet_lite0": Bound(0.96, 0.999, 8.0, 0.5, 2),
+    # On the 202 crops fp32 gives > 50% (a committed class), top-1 agrees 202/202.
+    "efficientnet_lite0": Bound(0.96, 0.999, 8.0, 0.5, 2, confident=0.5),
     # measured (XNNPACK): top-1 28/32 (all four at margins ≤ 2 LSB), max 5 LSB, mean 0.47 LSB,
     # cosine 0.9979; 115 float ops (HardSigmoid, ReduceMean → Gather of the SE blocks: float in
     # the QDQ graph too).
@@ -162,6 +167,12 @@ def test_zoo_tflite_int8_agrees_with_onnx_int8_and_fp16_with_fp32(name: str, zoo
     assert floats <= bound.max_float_ops
     if bound.min_top1 is not None:
         assert agree.mean() >= bound.min_top1
+    if bound.confident is not None:
+        shifted = np.exp(reference - reference.max(-1, keepdims=True))
+        committed = shifted.max(-1) / shifted.sum(-1) > bound.confident
+        print(f"{name}: on the {committed.sum()} rows fp32 gives top-1 > {bound.confident:.0%}, tflite-int8 vs "
+              f"ONNX int8 top-1 {agree[committed].mean():.2%}")
+        assert committed.sum() >= 0.1 * len(agree) and agree[committed].mean() >= MIN_TOP1
     if model.task == "classify":
         # A flip needs the two top logits within the LSBs the runtimes differ by.
         assert np.all(margin[~agree] <= 2 * lsb.max(axis=-1)[~agree])
