@@ -41,7 +41,7 @@ from benchmarks._common import CACHE
 from compiler.variants import _static_shapes
 from tests import zoo
 
-DEFAULT_MODELS = "digits_cnn,mnist_cnn,mobilenet_v3_small,ppocr_cls,yolov8n_nudenet"
+DEFAULT_MODELS = "digits_cnn,mnist_cnn,mobilenet_v3_small,efficientnet_lite0,ppocr_cls,yolov8n_nudenet"
 QUICK_MODELS = "digits_cnn,mnist_cnn,ppocr_cls"
 PEER_VENV = Path.home() / ".cache" / "edgectl-bench" / "onnx2tf-venv"
 PEER_PYTHON_BASE = Path("/root/.pyenv/versions/3.12.1/bin/python")

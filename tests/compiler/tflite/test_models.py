@@ -1,5 +1,5 @@
 """Whole models: the digits CNN (torch), an MLP with scikit-learn's weights, and the zoo's YOLOv8n,
-PP-OCR cls/rec and MobileNetV3-Small (slow)."""
+PP-OCR cls/rec, MobileNetV3-Small and EfficientNet-Lite0 (slow)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_sklearn_mlp_matches_onnxruntime(splits: DigitsSplits) -> None:
 # Pretrained (and one seeded) models from the zoo. fp32 on both sides: cosine is 1 to 7 digits and
 # the max error, relative to the output's largest magnitude, stays at a few ulp of accumulated
 # rounding (measured 4e-14 to 5e-6); 1e-4 leaves room for other CPUs' XNNPACK kernels.
-ZOO_MODELS = ["yolov8n_nudenet", "ppocr_cls", "ppocr_rec", "mobilenet_v3_small"]
+ZOO_MODELS = ["yolov8n_nudenet", "ppocr_cls", "ppocr_rec", "mobilenet_v3_small", "efficientnet_lite0"]
 
 
 @pytest.mark.slow

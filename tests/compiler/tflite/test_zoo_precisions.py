@@ -5,7 +5,15 @@ the two integer pipelines differ only where they round a requantization tie diff
 LSB), and that difference then travels through the rest of the network. How far it travels
 depends on the model, so each carries its own bound with the measured value and the reason:
 
-- PP-OCR cls (trained, 64 text-line crops): top-1 agreement, the issue's ≥ 99.5%.
+- PP-OCR cls (trained, 1,000 text-line crops): top-1 agreement, the issue's ≥ 99.5%.
+- EfficientNet-Lite0 (trained on ImageNet, 1,000 photo crops): top-1 agreement 97.1%, short of
+  the issue's 99.5%. Not a lowering fault: per layer, both runtimes match exact integer
+  arithmetic except at requantization near-ties (within 4e-5 of .5: 20 and 12 of the first conv's
+  3.2M outputs on 8 crops), and the depthwise convs then multiply such a 1 LSB step by up to 21
+  (BatchNorm-folded 3×3 kernels at ReLU6's 6/255 scale), so by the pooled features 26% of values
+  differ by ≥ 1 LSB and logits by up to 5 LSB. 8% of crops have their two top ONNX int8 logits
+  within 2 LSB; every one of the 29 flips is among them. Held by a 96% floor, the near-tie rule,
+  and the 99.5% on the crops fp32 is confident about (top-1 probability > 50%: 202/202).
 - MobileNetV3-Small (seeded weights, 32 photos): its 1000 logits sit a median 2 LSB apart
   (top-1 vs top-2 of the ONNX int8 output), so one LSB flips top-1 and top-1 agreement is not a
   meaningful gate; it is held by cosine and max LSB, and disagreements must be near-ties.
@@ -19,6 +27,8 @@ depends on the model, so each carries its own bound with the measured value and 
 
 The compile is told to emit int8 whatever its accuracy (``max_drop=100``, no fallback): the
 question here is whether LiteRT runs the QDQ graph as onnxruntime does, not whether int8 holds.
+Its own fidelity gate sees the first :data:`COMPILE_EVAL_ROWS` eval rows; tflite-int8 and ONNX
+int8 (and fp32, for classifiers) then run on all of them, tflite-fp16/fp32 on those first rows.
 """
 
 from __future__ import annotations
@@ -33,12 +43,16 @@ import pytest
 import tflite
 
 from compiler.fidelity import Budget, run
+from compiler.output import write_npz
 from compiler.pipeline import CompileOptions, compile_model
 from compiler.tflite.qdq import strip_qdq
 from edgectl.targets import load_target
 from tests import zoo
 
 TARGET = "arm64-cortex-a76"
+# The gate runs six variants on the eval rows; the 1,000-row sets would take it minutes.
+COMPILE_EVAL_ROWS = 64
+MIN_TOP1 = 0.995  # the issue's goal: tflite-int8 picks ONNX int8's class
 
 
 @dataclass(frozen=True)
@@ -49,12 +63,19 @@ class Bound:
     max_mean_lsb: float
     max_float_ops: int  # operators computing in float in tflite-int8 (islands of ops ORT keeps float)
     max_fp16_error: float = 2e-2  # tflite-fp16 vs tflite-fp32, relative to the output's largest magnitude
+    # The issue's 99.5% held on the rows whose fp32 softmax gives top-1 more than this probability.
+    confident: float | None = None
 
 
 BOUNDS = {
-    # measured: top-1 64/64, 0 LSB, cosine 1.0, 46 float ops (Div/Mul/Add/Min of Paddle's
-    # hardsigmoid, which onnxruntime leaves in float as well).
-    "ppocr_cls": Bound(0.995, 0.9999, 2.0, 0.1, 46),
+    # measured: top-1 1000/1000, max 1 LSB (mean 0.002), cosine 1.0, 46 float ops (Div/Mul/Add/Min
+    # of Paddle's hardsigmoid, which onnxruntime leaves in float as well).
+    "ppocr_cls": Bound(MIN_TOP1, 0.9999, 2.0, 0.1, 46),
+    # measured (XNNPACK): top-1 971/1000, all 29 flips at margins ≤ 2 LSB (see the docstring),
+    # max 5 LSB, mean 0.345 LSB, cosine 0.99956; 2 float ops (the global average pool's MEAN and
+    # its reshape, float in the QDQ graph too). fp16: 9.6e-3 of the largest logit.
+    # On the 202 crops fp32 gives > 50% (a committed class), top-1 agrees 202/202.
+    "efficientnet_lite0": Bound(0.96, 0.999, 8.0, 0.5, 2, confident=0.5),
     # measured (XNNPACK): top-1 28/32 (all four at margins ≤ 2 LSB), max 5 LSB, mean 0.47 LSB,
     # cosine 0.9979; 115 float ops (HardSigmoid, ReduceMean → Gather of the SE blocks: float in
     # the QDQ graph too).
@@ -87,22 +108,40 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def _top1(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def _compile_eval(model: zoo.ZooModel, data: dict[str, np.ndarray], folder: Path) -> tuple[Path, Path | None]:
+    """The eval file (and labels) the compile gets: the first COMPILE_EVAL_ROWS rows."""
+    if len(next(iter(data.values()))) <= COMPILE_EVAL_ROWS:
+        return model.eval, model.labels
+    eval_path = folder / "eval_head.npz"
+    write_npz(eval_path, {k: v[:COMPILE_EVAL_ROWS] for k, v in data.items()})
+    if model.labels is None:
+        return eval_path, None
+    labels = folder / "labels_head.npy"
+    np.save(labels, np.load(model.labels)[:COMPILE_EVAL_ROWS])
+    return eval_path, labels
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BOUNDS))
 def test_zoo_tflite_int8_agrees_with_onnx_int8_and_fp16_with_fp32(name: str, zoo_cache: Path, tmp_path: Path) -> None:
     model = getattr(zoo, name)(zoo_cache)
-    options = CompileOptions(targets=(load_target(TARGET),), out_dir=tmp_path, calibration=model.calibration,
-                             eval_data=model.eval, labels=model.labels, budget=Budget(max_drop=100.0, min_cosine=0.0),
+    with np.load(model.eval) as npz:
+        data = {k: npz[k] for k in npz.files}
+    eval_head, labels = _compile_eval(model, data, tmp_path)
+    options = CompileOptions(targets=(load_target(TARGET),), out_dir=tmp_path / "out", calibration=model.calibration,
+                             eval_data=eval_head, labels=labels, budget=Budget(max_drop=100.0, min_cosine=0.0),
                              fallback=False)
     result = compile_model(model.onnx_path, options)
     rows = {r.variant: r for r in result.rows}
     for variant in ("int8", "tflite-int8", "tflite-fp16", "tflite-fp32"):
         assert rows[variant].emitted, (variant, rows[variant].reason)
-    folder = tmp_path / TARGET
+    folder = tmp_path / "out" / TARGET
     files = {v: folder / str(rows[v].file) for v in rows if rows[v].file}
     manifest = json.loads((folder / "manifest.json").read_text())
-    with np.load(model.eval) as npz:
-        data = {k: npz[k] for k in npz.files}
     want, got = run(files["int8"], data).values[0], run(files["tflite-int8"], data).values[0]
     _, plan = strip_qdq(onnx.load(str(files["int8"])))
     scale = plan.activations[manifest["model"]["outputs"][0]["name"]].scale
@@ -113,20 +152,32 @@ def test_zoo_tflite_int8_agrees_with_onnx_int8_and_fp16_with_fp32(name: str, zoo
     margin = (ranked[..., -1] - ranked[..., -2]) / scale
     agree = got.argmax(-1) == want.argmax(-1)
     floats = _float_ops(files["tflite-int8"])
-    top1 = f"{agree.mean():.2%}" if bound.min_top1 is not None or model.task == "classify" else "-"
-    fp16, fp32 = run(files["tflite-fp16"], data).values[0], run(files["tflite-fp32"], data).values[0]
+    classify = bound.min_top1 is not None or model.task == "classify"
+    head = {k: v[:COMPILE_EVAL_ROWS] for k, v in data.items()}
+    reference = run(files["fp32"], data if classify else head).values[0]  # onnxruntime, fp32
+    fp16, fp32 = run(files["tflite-fp16"], head).values[0], run(files["tflite-fp32"], head).values[0]
     fp16_error = float(np.abs(fp16 - fp32).max() / np.abs(fp32).max())
+    fp32_error = float(np.abs(fp32 - reference[: len(fp32)]).max() / np.abs(reference[: len(fp32)]).max())
+    top1 = (f"top-1 {agree.mean():.2%} ({int(agree.sum())}/{agree.size}); vs fp32: ONNX int8 {_top1(want, reference):.2%}, "
+            f"tflite-int8 {_top1(got, reference):.2%}") if classify else "top-1 -"
     print(f"{name}, {len(want)} eval samples: tflite-int8 vs ONNX int8 max {lsb.max():.2f} LSB, mean {lsb.mean():.3f}, "
-          f"cosine {cosine:.6f}, top-1 {top1}, {floats} float ops; tflite-fp16 vs fp32 max rel err "
-          f"{fp16_error:.2e}, cosine {_cosine(fp16, fp32):.7f}")
+          f"cosine {cosine:.6f}, {top1}, {floats} float ops; on {len(fp32)}: tflite-fp32 vs onnxruntime max rel err "
+          f"{fp32_error:.1e}, tflite-fp16 vs fp32 max rel err {fp16_error:.2e}, cosine {_cosine(fp16, fp32):.7f}")
     assert cosine >= bound.min_cosine and lsb.max() <= bound.max_lsb and lsb.mean() <= bound.max_mean_lsb
     assert floats <= bound.max_float_ops
     if bound.min_top1 is not None:
         assert agree.mean() >= bound.min_top1
-    elif model.task == "classify":
+    if bound.confident is not None:
+        shifted = np.exp(reference - reference.max(-1, keepdims=True))
+        committed = shifted.max(-1) / shifted.sum(-1) > bound.confident
+        print(f"{name}: on the {committed.sum()} rows fp32 gives top-1 > {bound.confident:.0%}, tflite-int8 vs "
+              f"ONNX int8 top-1 {agree[committed].mean():.2%}")
+        assert committed.sum() >= 0.1 * len(agree) and agree[committed].mean() >= MIN_TOP1
+    if model.task == "classify":
         # A flip needs the two top logits within the LSBs the runtimes differ by.
         assert np.all(margin[~agree] <= 2 * lsb.max(axis=-1)[~agree])
+    assert fp32_error < 1e-4  # fp32 on both sides: summation order only (test_models.py holds it to 1e-4 too)
     # fp16 weights: 11 significant bits, so a few 1e-3 of the output's scale after a deep network.
     assert _cosine(fp16, fp32) > 0.9999 and fp16_error < bound.max_fp16_error
     if bound.min_top1 is not None:
-        assert float((fp16.argmax(-1) == fp32.argmax(-1)).mean()) >= 0.95
+        assert _top1(fp16, fp32) >= 0.95
