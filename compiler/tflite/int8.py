@@ -285,26 +285,34 @@ class _Pass:
             )
         scale = np.broadcast_to(w.scale.astype(np.float32), (data.shape[axis],)) if w.axis is not None else (
             w.scale.reshape(1).astype(np.float32))
+        per_channel, exact = w.axis is not None, True
         if np.any(w.zero_point != 0):
-            raise TfliteLoweringError(f"'{op.node}': TFLite int8 weights are symmetric, the QDQ graph has zero points")
+            if per_channel:
+                raise TfliteLoweringError(
+                    f"'{op.node}': TFLite int8 weights are symmetric, the QDQ graph has per-channel zero points"
+                )
+            # onnxruntime quantizes an initializer that reaches the conv through a Reshape/Transpose
+            # (qdq.carry_weights) like an activation: per tensor, with a zero point. TFLite's kernels
+            # take symmetric weights: per channel, onnxruntime's step where the channel's integers fit.
+            scale, per_channel, exact = _symmetric_scales(data, float(w.scale.reshape(-1)[0]), axis), True, False
         node = self.nodes[op.node or ""]
         if node.op_type == "Gemm":  # alpha scales the weights: it scales their int8 scales instead
             alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
             scale = (scale * np.float32(alpha)).astype(np.float32)
         shape = [1] * data.ndim
         shape[axis] = -1
-        per = scale.reshape(shape) if w.axis is not None else scale[0]
+        per = scale.reshape(shape) if per_channel else scale[0]
         q = np.round(data / per)
         # The integers are onnxruntime's exactly when the lowering only moved them (transpose);
         # alpha may leave one rounding of float32 between q·s·alpha and q·(s·alpha).
-        if np.abs(q * per - data).max(initial=0) > 1e-6 * np.abs(data).max(initial=0):
+        if exact and np.abs(q * per - data).max(initial=0) > 1e-6 * np.abs(data).max(initial=0):
             raise TfliteLoweringError(
                 f"'{op.node}': the lowering changed the quantized weights (a BatchNormalization folded into "
                 "the conv?); fold it before quantizing, as compile's prepare step does"
             )
         b.replace_constant(weight, np.clip(q, -127, 127).astype(np.int8))
         b.tensors[weight].quantization = Quantization(
-            tuple(float(s) for s in scale), (0,) * scale.size, axis if w.axis is not None else 0
+            tuple(float(s) for s in scale), (0,) * scale.size, axis if per_channel else 0
         )
         in_scale = np.float32(self.params[x].scale[0])
         bias_scale = (in_scale * scale).astype(np.float32)
@@ -316,6 +324,14 @@ class _Pass:
         b.tensors[bias].quantization = Quantization(
             tuple(float(s) for s in bias_scale), (0,) * bias_scale.size, 0
         )
+
+
+def _symmetric_scales(data: np.ndarray, step: float, axis: int) -> np.ndarray:
+    """Per-channel scales for ``data`` = step·k (integer k, from an asymmetric int8 weight): ``step``
+    itself where the channel's |k| ≤ 127 (exact), else the smallest scale that fits it."""
+    others = tuple(i for i in range(data.ndim) if i != axis)
+    widest = np.abs(np.round(data / np.float32(step))).max(axis=others, initial=0)
+    return (np.float32(step) * np.maximum(widest / 127, 1)).astype(np.float32)
 
 
 def quantize_builder(

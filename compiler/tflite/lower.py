@@ -7,11 +7,11 @@ import onnx
 import compiler.tflite.ops  # noqa: F401  (registers the lowerings)
 from compiler.tflite.context import LoweringContext
 from compiler.tflite.errors import TfliteLoweringError
-from compiler.tflite.fold import fold_constants
+from compiler.tflite.fold import Folded, fold_constants
 from compiler.tflite.fp16 import fp16_weights
 from compiler.tflite.int8 import IO_TYPES, quantize_builder
 from compiler.tflite.optimize import optimize
-from compiler.tflite.qdq import is_qdq, strip_qdq
+from compiler.tflite.qdq import carry_weights, is_qdq, strip_qdq
 from compiler.tflite.registry import resolve
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -44,7 +44,10 @@ def lower_to_tflite(model: onnx.ModelProto, *, precision: str = "fp32", io: str 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise TfliteLoweringError("the model imports no default-domain opset; is it an ONNX model?")
-    model = fold_constants(model)
+    folded: list[Folded] = []
+    model = fold_constants(model, folded)
+    if plan is not None:
+        carry_weights(plan, folded)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:

@@ -75,11 +75,22 @@ def conv() -> list[Case]:
     w, b = r.standard_normal((4, 3, 3, 3)), r.standard_normal(4)
     same = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])
     strided = helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, 1, 2, 1], strides=[2, 2])
+    # Weights reaching the conv through a Reshape / Transpose that folding evaluates away.
+    reshaped = [helper.make_node("Reshape", ["wf", "ws"], ["wr"]),
+                helper.make_node("Conv", ["x", "wr", "b"], ["y"], pads=[1, 1, 1, 1])]
+    transposed = [helper.make_node("Transpose", ["wt"], ["wr"], perm=[1, 0, 2, 3]),
+                  helper.make_node("Conv", ["x", "wr"], ["y"], pads=[1, 1, 1, 1])]
     return [
         Case("Conv", "conv_same_pads_bias", _model([same], ["N", 3, 7, 7], None, {"w": w, "b": b}),
              _x((2, 3, 7, 7)), 1e-5, 1e-5, _ACCUMULATE),
         Case("Conv", "conv_asymmetric_pads_stride2", _model([strided], [1, 3, 7, 7], None, {"w": w}),
              _x((1, 3, 7, 7)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Conv", "conv_weight_through_folded_reshape",
+             _int64(_model(reshaped, [1, 3, 7, 7], None, {"wf": w.reshape(4, 27), "b": b}), ws=[4, 3, 3, 3]),
+             _x((1, 3, 7, 7)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Conv", "conv_weight_through_folded_transpose",
+             _model(transposed, [1, 3, 7, 7], None, {"wt": w.transpose(1, 0, 2, 3)}), _x((1, 3, 7, 7)), 1e-5, 1e-5,
+             _ACCUMULATE),
     ]
 
 
@@ -148,6 +159,9 @@ def matmul() -> list[Case]:
              _ACCUMULATE),
         Case("MatMul", "matmul_no_bias", _model(bare, [4, 6], None, {"w": inits["w"]}), _x((4, 6)), 1e-5, 1e-5,
              _ACCUMULATE),
+        Case("MatMul", "matmul_weight_through_folded_transpose",
+             _model([helper.make_node("Transpose", ["wt"], ["wr"]), helper.make_node("MatMul", ["x", "wr"], ["y"])],
+                    [4, 6], None, {"wt": inits["w"].T}), _x((4, 6)), 1e-5, 1e-5, _ACCUMULATE),
     ]
 
 

@@ -87,6 +87,10 @@ INT8_KERNELS = {
     "hard_swish_as_x_times_hard_sigmoid": "MUL",
     "hard_sigmoid_squeeze_excite": "MEAN",
     "div_by_scalar_paddle_hard_swish": "MUL",
+    # Weights through a folded Reshape / Transpose (qdq.carry_weights).
+    "conv_weight_through_folded_reshape": "CONV_2D",
+    "conv_weight_through_folded_transpose": "CONV_2D",
+    "matmul_weight_through_folded_transpose": "FULLY_CONNECTED",
 }
 
 
@@ -218,3 +222,35 @@ def test_fp16_stores_float16_weights_behind_dequantize() -> None:
     assert ops[:2] == ["DEQUANTIZE", "DEQUANTIZE"] and ops[2:] == _opcodes(lower_to_tflite(case.model))
     halves = [v for v, t in _tensors(data).values() if t.Type() == tflite.TensorType.FLOAT16]
     assert len(halves) == 2 and all(v is not None for v in halves)
+
+
+def test_per_channel_weights_follow_a_folded_transpose_with_their_axis() -> None:
+    # A hand-written QDQ graph: per-channel int8 weights stored [C_in, C_out, kH, kW] (scales on axis 1),
+    # transposed to the conv's [C_out, C_in, kH, kW]: the scales must end on TFLite's output channel.
+    r = np.random.default_rng(11)
+    w_int8 = r.integers(-127, 128, (2, 3, 3, 3)).astype(np.int8)
+    w_scale = np.array([0.01, 0.02, 0.03], np.float32)
+    f = onnx.TensorProto.FLOAT
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("w_q", w_int8), ("w_s", w_scale), ("w_zp", np.zeros(3, np.int8)), ("x_s", np.float32(0.02)),
+        ("x_zp", np.int8(0)), ("y_s", np.float32(0.05)), ("y_zp", np.int8(3)))]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w_t"], axis=1),
+        helper.make_node("Transpose", ["w_t"], ["w"], perm=[1, 0, 2, 3]),
+        helper.make_node("QuantizeLinear", ["x", "x_s", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xd"]),
+        helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "y_s", "y_zp"], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", "y_s", "y_zp"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "carry", [helper.make_tensor_value_info("x", f, [1, 2, 5, 5])],
+                              [helper.make_tensor_value_info("y", f, None)], inits)
+    qdq = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = lower_to_tflite(qdq, precision="int8")
+    assert _float_ops(data) == []
+    weight, t = next(v for k, v in _tensors(data).items() if k.endswith("_ohwi"))
+    np.testing.assert_array_equal(weight, w_int8.transpose(1, 0, 2, 3).transpose(0, 2, 3, 1))
+    assert t.Quantization().QuantizedDimension() == 0
+    np.testing.assert_array_equal(t.Quantization().ScaleAsNumpy(), w_scale)
+    x = {"x": r.uniform(-2, 2, (1, 2, 5, 5)).astype(np.float32)}
+    assert np.abs(run_litert(data, x)[0] - run_onnxruntime(qdq, x)[0]).max() <= 0.05 * (1 + 1e-4)
