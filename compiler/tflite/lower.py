@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx
+import tflite
 
 import compiler.tflite.ops  # noqa: F401  (registers the lowerings)
 from compiler.tflite.context import LoweringContext
@@ -67,7 +68,10 @@ def lower_to_tflite(model: onnx.ModelProto, *, precision: str = "fp32", io: str 
     for node in graph.node:
         ctx.node = _key(node)
         resolve(node, opset)(ctx, node)
-    outputs = [_output(ctx, info.name) for info in graph.output]
+    ctx.node = None
+    outputs: list[int] = []
+    for info in graph.output:
+        outputs.append(_output(ctx, info.name, [*inputs, *outputs]))
     # On the float operators, before int8: the rules keep each tensor's ONNX value (Tensor.source),
     # so the int8 pass still finds onnxruntime's parameters for what they moved.
     optimize(ctx.builder, inputs, outputs)
@@ -85,9 +89,18 @@ def _key(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def _output(ctx: LoweringContext, name: str) -> int:
+def _output(ctx: LoweringContext, name: str, taken: list[int]) -> int:
     if name not in ctx.values:
         raise TfliteLoweringError(f"output '{name}' is a constant; this backend needs it computed")
     tensor = ctx.tensor(name, nhwc=False)
+    if tensor in taken:
+        # input → Identity → output (or one value behind two outputs): a tensor that is both would leave
+        # the int8 pass nowhere to put the edge QUANTIZE / DEQUANTIZE; a RESHAPE to the same shape copies it.
+        shape = ctx.values[name].shape
+        copy = ctx.new_tensor(name, shape, nhwc=False, like=name)
+        ctx.builder.tensors[copy].source = name
+        target = ctx.builder.tensors[copy].signature or shape
+        ctx.emit(tflite.BuiltinOperator.RESHAPE, [tensor, ctx.int32(list(target))], [copy])
+        tensor = copy
     ctx.builder.tensors[tensor].name = name
     return tensor

@@ -628,8 +628,6 @@ INT8_LSB_WHY = "int8 requantization and LUT rounding differ by at most one step 
 INT8_EXCLUDES: dict[str, str] = {
     "relu": "onnxruntime quantizes no lone Relu on a graph input (it only removes Relu after a quantized "
             "producer); relu_fused_into_conv covers Relu",
-    "identity_removed": "after onnxruntime removes the Relu the graph is input → Identity → output: one TFLite "
-                        "tensor would be both the model's input and output",
     "bn_folded_into_conv": "the lowering folds BN into the conv weights, which would change onnxruntime's int8 "
                            "weights; compile's prepare folds BN before quantizing, so int8 refuses (tested)",
     "bn_folded_into_depthwise": "as bn_folded_into_conv",
