@@ -10,9 +10,13 @@ is the one onnxruntime does at the next QuantizeLinear); they run to a fixed poi
     t ─► ALL_SAME op ─► y(s, zp)        t (read by that op only) takes (s, zp): the op requires it
     x(s, zp) ─► MUL by c > 0 ─► t       t takes (c·s, zp): the same integers, relabelled
     MINIMUM(r ≥ 0, c) ─► t              t takes (c/255, −128) when nothing else gives it: [0, c]
+    x(s, zp) ─► HARD_SWISH ─► t          t takes the parameters of hardswish over x's int8 range
 
-The last is HardSigmoid's clip when its output has no QuantizeLinear (a graph output): 255 steps
-over [0, c] represent both ends exactly (the spec's LOGISTIC uses 1/256, which cannot hold 1.0).
+The last two are for outputs with no QuantizeLinear (a graph output, a reader left in float):
+HardSigmoid's clip gets 255 steps over [0, c], which hold both ends exactly (the spec's LOGISTIC
+uses 1/256, which cannot hold 1.0); HARD_SWISH gets onnxruntime's asymmetric rule applied to
+the range its input's int8 values map to, so a hardswish whose output is not quantized still runs
+int8 (one rounding, at a step no coarser than the input's).
 
     derive_params(builder, params, outputs)   # params (tensor → Quantization) filled in place
 """
@@ -83,6 +87,8 @@ def _forward(
             if x in params and value is not None and value > 0 and len(params[x].scale) == 1:
                 q = params[x]
                 return Quantization((float(np.float32(q.scale[0] * value)),), q.zero_point)
+    if op.opcode == _OP.HARD_SWISH and op.inputs[0] in params:
+        return _hard_swish_range(params[op.inputs[0]])
     if op.opcode == _OP.MINIMUM and len(op.inputs) == 2:
         x, c = op.inputs
         value = uniform_constant(builder, c)
@@ -90,6 +96,18 @@ def _forward(
         if value is not None and value > 0 and source is not None and _non_negative(source):
             return Quantization((float(np.float32(value / 255)),), (-128,))
     return None
+
+
+def _hard_swish_range(q: Quantization) -> Quantization:
+    """onnxruntime's asymmetric int8 parameters for x·relu6(x + 3)/6 over the input's int8 range
+    (its minimum −3/8 is at x = −3/2), with 0 in the range as onnxruntime keeps it."""
+    scale, zero_point = q.scale[0], q.zero_point[0]
+    ends = [scale * (-128 - zero_point), scale * (127 - zero_point)]
+    points = [*ends, *([-1.5] if ends[0] < -1.5 < ends[1] else [])]
+    values = [v * min(max(v + 3, 0), 6) / 6 for v in points]
+    low, high = min(0.0, *values), max(0.0, *values)
+    step = (high - low) / 255 or 1.0
+    return Quantization((float(np.float32(step)),), (int(np.clip(round(-128 - low / step), -128, 127)),))
 
 
 def _fused(op: Operator) -> bool:

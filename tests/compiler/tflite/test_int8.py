@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 
 from compiler.tflite import TfliteLoweringError, lower_to_tflite
 from compiler.tflite.summary import summarize
-from tests.compiler.tflite.cases import Case, all_cases
+from tests.compiler.tflite.cases import Case, _model, _w, all_cases
 from tests.compiler.tflite.quantized import output_scales, qdq_model
 from tests.compiler.tflite.runners import run_litert, run_onnxruntime
 
@@ -254,3 +254,29 @@ def test_per_channel_weights_follow_a_folded_transpose_with_their_axis() -> None
     np.testing.assert_array_equal(t.Quantization().ScaleAsNumpy(), w_scale)
     x = {"x": r.uniform(-2, 2, (1, 2, 5, 5)).astype(np.float32)}
     assert np.abs(run_litert(data, x)[0] - run_onnxruntime(qdq, x)[0]).max() <= 0.05 * (1 + 1e-4)
+
+
+def test_hard_swish_without_an_output_quantize_takes_its_range_from_the_input() -> None:
+    # onnxruntime quantizes no HardSwish: as a graph output its value has no QuantizeLinear. The
+    # int8 HARD_SWISH gets parameters from the input's int8 range (derive.py) instead of an island.
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from tests.compiler.tflite.quantized import _Reader, calibration_feeds
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("HardSwish", ["c"], ["y"])]
+    case = Case("HardSwish", "hard_swish_output", _model(nodes, [1, 2, 4, 4], None, {"w": _w(3, 2)}),
+                {"x": 2 * np.random.default_rng(4).standard_normal((1, 2, 4, 4)).astype(np.float32)}, 0, 0, "")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(case.model, f"{tmp}/m.onnx")
+        quantize_static(f"{tmp}/m.onnx", f"{tmp}/q.onnx", _Reader(calibration_feeds(case)),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+        qdq = onnx.load(f"{tmp}/q.onnx")
+    assert output_scales(qdq)["y"] is None
+    data = lower_to_tflite(qdq, precision="int8")
+    assert _float_ops(data) == [] and "HARD_SWISH" in _opcodes(data)
+    scale = _tensors(data)["y_int8"][1].Quantization().Scale(0)  # the int8 output before its DEQUANTIZE
+    got, want = run_litert(data, case.inputs)[0], run_onnxruntime(qdq, case.inputs)[0]
+    assert np.abs(got - want).max() <= scale * 0.5 * (1 + 1e-3)  # one rounding of the exact hardswish
