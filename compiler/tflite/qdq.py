@@ -132,7 +132,8 @@ def carry_weights(plan: QuantPlan, folded: list[Folded]) -> None:
             continue
         out = node.output[0]
         moved = plan.activations.get(out)
-        if moved is not None and (w.axis is not None or moved != ActivationParams(float(w.scale), int(w.zero_point))):
+        same = ActivationParams(float(w.scale.reshape(-1)[0]), int(w.zero_point.reshape(-1)[0]))
+        if moved is not None and (w.axis is not None or moved != same):
             continue
         shape = step.outputs[out].shape
         if node.op_type == "Transpose":
