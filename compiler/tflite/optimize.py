@@ -11,7 +11,6 @@ none applies:
     unary ∘ transpose         → transpose ∘ unary, when a TRANSPOSE follows (so the two can merge)
     reshape ∘ transpose       → transpose ∘ reshape, when the reshape merges dims the transpose kept together
     concat of transposes      → transpose of the concat, when every input has the same perm
-    pad of a transpose        → transpose of the pad, when the transpose shortens the rows (NCHW → NHWC)
     x·relu6(x + 3) / 6        → HARD_SWISH (how Paddle exports hardswish)
 
 A rule only touches a tensor that nothing else reads and that is not a graph output.
@@ -264,38 +263,6 @@ def _transpose_below_concat(g: _Graph, concat: Operator) -> bool:
     return True
 
 
-def _pad_before_transpose(g: _Graph, transpose: Operator) -> bool:
-    """TRANSPOSE → PAD becomes PAD → TRANSPOSE when the transpose makes the rows shorter (an NCHW
-    image input → NHWC with 3 channels): XNNPACK pads PP-OCR's 48×192 input in 3 µs as [.., 192]
-    rows and in 90 µs as [.., 3] rows (measured, fp32 and int8 alike)."""
-    if transpose.opcode != _OP.TRANSPOSE:
-        return False
-    pad = g.only_reader(transpose.outputs[0])
-    if pad is None or pad.opcode not in (_OP.PAD, _OP.PADV2) or pad.inputs[0] != transpose.outputs[0]:
-        return False
-    tensors = g.builder.tensors
-    x, y = transpose.inputs[0], pad.outputs[0]
-    if tensors[x].shape[-1] <= tensors[transpose.outputs[0]].shape[-1]:
-        return False
-    perm = g.perm(transpose)
-    after = g.builder.constant_data(pad.inputs[1])
-    before = np.zeros_like(after)
-    for i, p in enumerate(perm):
-        before[p] = after[i]
-    grown = before.sum(axis=1)
-    source = tensors[x]
-    padded = g.builder.add_tensor(f"{source.name}_padded_first", tuple(np.add(source.shape, grown)), source.dtype)
-    if source.signature is not None:
-        dims = zip(source.signature, grown, strict=True)
-        tensors[padded].signature = tuple(-1 if d == -1 else int(d + n) for d, n in dims)
-    tensors[padded].source = tensors[y].source
-    pad.inputs, pad.outputs = [x, g.int32(before.tolist()), *pad.inputs[2:]], [padded]
-    transpose.inputs, transpose.outputs = [padded, transpose.inputs[1]], [y]
-    i, j = g.index(transpose), g.index(pad)
-    g.ops[i], g.ops[j] = pad, transpose
-    return True
-
-
 def _hard_swish(g: _Graph, add: Operator) -> bool:
     """ADD(x, 3) with a fused RELU6 → MUL by x → DIV by 6 (Paddle's hardswish) → one HARD_SWISH."""
     if add.opcode != _OP.ADD or add.options is None or add.options.fields.get("FusedActivationFunction") != _ACT.RELU6:
@@ -323,5 +290,5 @@ def _fused(op: Operator) -> bool:
 
 _RULES: list[Rule] = [
     _merge_transposes, _transpose_to_reshape, _merge_reshapes, _sink_transpose_below_unary, _reshape_before_transpose,
-    _transpose_below_concat, _pad_before_transpose, _hard_swish,
+    _transpose_below_concat, _hard_swish,
 ]

@@ -1,4 +1,4 @@
-"""The TRANSPOSE peephole rules: cancel, merge, become a RESHAPE, sink below unary ops, let a PAD go first."""
+"""The TRANSPOSE peephole rules: cancel, merge, become a RESHAPE, sink below unary ops."""
 
 from __future__ import annotations
 
@@ -127,15 +127,3 @@ def test_int8_concat_below_moved_transposes_keeps_its_parameters() -> None:
     data = lower_to_tflite(model)
     assert opcodes(data).count(OP.TRANSPOSE) == 2  # the concat rule fired in fp32 ...
     assert _int8_check(model, [1, 2, 4, 4]) == []  # ... and in int8 the concat stayed int8
-
-
-def test_pad_of_an_nchw_input_runs_before_its_transpose() -> None:
-    # A stride-2 conv on the image input needs an explicit PAD; padding 3-channel NHWC rows is ~30×
-    # slower in XNNPACK than padding the NCHW rows before the layout change.
-    w = np.random.default_rng(5).standard_normal((4, 3, 3, 3))
-    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])
-    assert _check([conv], [1, 3, 8, 12], {"w": w}) == [OP.PAD, OP.TRANSPOSE, OP.CONV_2D, OP.TRANSPOSE]
-    # A transpose that lengthens the rows keeps the pad after it.
-    wide = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])
-    ops = _check([wide], [1, 3, 4, 2], {"w": w})
-    assert ops[:2] == [OP.TRANSPOSE, OP.PAD]
