@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 
 from benchmarks._common import CACHE
-from compiler.variants import _static_shapes
+from compiler.variants import static_shapes
 from tests import zoo
 
 DEFAULT_MODELS = "digits_cnn,mnist_cnn,mobilenet_v3_small,efficientnet_lite0,ppocr_cls,yolov8n_nudenet"
@@ -70,7 +70,7 @@ def samples(model: zoo.ZooModel, count: int) -> dict[str, np.ndarray]:
 
 def static_model(model: zoo.ZooModel, feed: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The ONNX both converters get: eval image size, batch 1."""
-    fixed = _static_shapes(onnx.load(str(model.onnx_path)), {k: v[:1] for k, v in feed.items()})
+    fixed = static_shapes(onnx.load(str(model.onnx_path)), {k: v[:1] for k, v in feed.items()})
     for info in fixed.graph.input:
         dims = info.type.tensor_type.shape.dim
         if dims and dims[0].dim_value <= 0:  # symbolic, or the -1 Paddle writes

@@ -99,7 +99,7 @@ def build_plain(precision: str, prepared: Path, work_dir: Path, g: GateInputs) -
     return Built(precision, path, fid, quant)
 
 
-def _static_shapes(model: onnx.ModelProto, data: TensorSet) -> onnx.ModelProto:
+def static_shapes(model: onnx.ModelProto, data: TensorSet) -> onnx.ModelProto:
     """Fix the non-batch input dims the graph leaves symbolic to the data's, then re-infer.
 
     TFLite kernels are planned for static shapes (only the batch may vary); an image model
@@ -146,7 +146,7 @@ def build_tflite(
         }
     path = work_dir / name
     try:
-        model = _static_shapes(onnx.load(str(source)), g.eval_data)
+        model = static_shapes(onnx.load(str(source)), g.eval_data)
         path.write_bytes(lower_to_tflite(model, precision=precision, io=io))
     except TfliteLoweringError as exc:
         return Built(precision, None, None, quant, fallback, reason=f"skipped: {exc}", format="tflite", skipped=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -33,28 +34,42 @@ _SHAPE_OPS = {"Shape", "Size"}
 _MAX_FOLDED_ELEMENTS = 1 << 20
 
 
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with its constant subgraphs replaced by initializers (a new ModelProto)."""
+@dataclass(frozen=True)
+class Folded:
+    """One node evaluated away: its input and output values (by ONNX name)."""
+
+    node: onnx.NodeProto
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+def fold_constants(model: onnx.ModelProto, record: list[Folded] | None = None) -> onnx.ModelProto:
+    """``model`` with its constant subgraphs replaced by initializers (a new ModelProto); ``record``
+    receives the folded nodes in evaluation order (the int8 pass follows weights through them)."""
+    log: list[Folded] = []
     model = _symbolic_negative_dims(model)
-    folded = _fold_to_fixed_point(model)
+    folded = _fold_to_fixed_point(model, log)
     if _has_shape_ops(folded):
         static = onnx.ModelProto()
         static.CopyFrom(model)
         if _fix_dynamic_batch(static):
-            folded = _fold_to_fixed_point(static)
+            log.clear()
+            folded = _fold_to_fixed_point(static, log)
+    if record is not None:
+        record.extend(log)
     return folded
 
 
-def _fold_to_fixed_point(model: onnx.ModelProto) -> onnx.ModelProto:
+def _fold_to_fixed_point(model: onnx.ModelProto, log: list[Folded]) -> onnx.ModelProto:
     """Fold, re-infer shapes, fold again: a Reshape whose target was folded gives its output a shape
     that the next Shape node downstream can be folded from."""
-    folded = _fold(model)
+    folded = _fold(model, log)
     while len(folded.graph.node) < len(model.graph.node):
-        model, folded = folded, _fold(folded)
+        model, folded = folded, _fold(folded, log)
     return folded
 
 
-def _fold(source: onnx.ModelProto) -> onnx.ModelProto:
+def _fold(source: onnx.ModelProto, log: list[Folded]) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(source)
     # Folding works without shapes too; only the Shape nodes then stay.
@@ -70,6 +85,7 @@ def _fold(source: onnx.ModelProto) -> onnx.ModelProto:
         if values is None:
             kept.append(node)
         else:
+            log.append(Folded(node, {n: constants[n] for n in node.input if n in constants}, values))
             constants.update(values)
     needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
     old = {t.name for t in graph.initializer}

@@ -27,7 +27,8 @@ import numpy as np
 import onnx
 import tflite
 
-from compiler.tflite.builder import Operator, Quantization, TfliteBuilder
+from compiler.tflite.builder import Operator, Options, Quantization, TfliteBuilder
+from compiler.tflite.derive import derive_params, uniform_constant
 from compiler.tflite.errors import TfliteLoweringError
 from compiler.tflite.qdq import QuantPlan, WeightParams
 
@@ -79,6 +80,11 @@ def per_tensor(scale: float, zero_point: int) -> Quantization:
     return Quantization((float(np.float32(scale)),), (int(zero_point),))
 
 
+def exact_params(value: float) -> Quantization:
+    """Per-tensor parameters that hold ``value`` exactly: ±127 steps of |value|/127 (1.0 for zero)."""
+    return per_tensor(abs(value) / 127 if value else 1.0, 0)
+
+
 @dataclass
 class _Pass:
     builder: TfliteBuilder
@@ -89,6 +95,8 @@ class _Pass:
     dequantized: dict[int, int]  # int8 tensor → its float view (DEQUANTIZE), shared by float ops
     converted: dict[tuple[int, Quantization], int]  # float constant → its int8 copy
     unscaled: dict[int, int] = field(default_factory=dict)  # FIXED op output → its spec-params tensor
+    outputs: set[int] = field(default_factory=set)  # the graph's outputs (never aliased away)
+    aliases: dict[int, int] = field(default_factory=dict)  # output of a dropped no-op → its input
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -162,7 +170,9 @@ class _Pass:
         if op.opcode == _OP.PADV2 or op.opcode in ALL_SAME:
             return True  # quantized with the parameters the op shares
         w = self.weight_params(tensor)
-        return w is not None and w.axis is None
+        if w is None:  # a constant of the lowering's own (HardSigmoid's alpha, Div's 1/c): exact if uniform
+            return uniform_constant(self.builder, tensor) is not None
+        return w.axis is None
 
     def _weight(self, op: Operator) -> WeightParams | None:
         node = self.nodes.get(op.node or "")
@@ -171,11 +181,29 @@ class _Pass:
     # ---- lowering one operator ---------------------------------------------------------------
 
     def visit(self, op: Operator) -> None:
+        op.inputs = [self.aliases.get(t, t) for t in op.inputs]
         reason = self.int8_reason(op)
-        if reason is None:
+        if reason is None and self._no_op_clamp(op):
+            self.aliases[op.outputs[0]] = op.inputs[0]
+        elif reason is None:
             self.int8_op(op)
         else:
             self.float_op(op)
+
+    def _no_op_clamp(self, op: Operator) -> bool:
+        """MINIMUM / MAXIMUM with a constant bound that int8 saturation already applies (HardSigmoid's
+        min(·, 1) when the output's range ends at or below 1): nothing to run."""
+        if op.opcode not in (_OP.MINIMUM, _OP.MAXIMUM) or op.outputs[0] in self.outputs:
+            return False
+        x, bound = op.inputs
+        value = uniform_constant(self.builder, bound)
+        q = self.params.get(op.outputs[0])
+        if value is None or q is None or self.params.get(x) != q:
+            return False
+        scale, zero_point = q.scale[0], q.zero_point[0]
+        if op.opcode == _OP.MINIMUM:
+            return value >= scale * (127 - zero_point)
+        return value <= scale * (-128 - zero_point)
 
     def float_op(self, op: Operator) -> None:
         for i, tensor in enumerate(op.inputs):
@@ -214,8 +242,12 @@ class _Pass:
                 if tensor < 0 or not self.float_constant(tensor):
                     continue
                 w = self.weight_params(tensor)
-                assert w is not None
-                op.inputs[i] = self.constant_int8(tensor, per_tensor(float(w.scale), int(w.zero_point)))
+                if w is None:
+                    value = uniform_constant(b, tensor)
+                    assert value is not None
+                    op.inputs[i] = self.constant_int8(tensor, exact_params(value))
+                else:
+                    op.inputs[i] = self.constant_int8(tensor, per_tensor(float(w.scale), int(w.zero_point)))
         after: list[tuple[int, int]] = []
         for i, tensor in enumerate(op.outputs):
             want = self._output_params(op)
@@ -253,26 +285,34 @@ class _Pass:
             )
         scale = np.broadcast_to(w.scale.astype(np.float32), (data.shape[axis],)) if w.axis is not None else (
             w.scale.reshape(1).astype(np.float32))
+        per_channel, exact = w.axis is not None, True
         if np.any(w.zero_point != 0):
-            raise TfliteLoweringError(f"'{op.node}': TFLite int8 weights are symmetric, the QDQ graph has zero points")
+            if per_channel:
+                raise TfliteLoweringError(
+                    f"'{op.node}': TFLite int8 weights are symmetric, the QDQ graph has per-channel zero points"
+                )
+            # onnxruntime quantizes an initializer that reaches the conv through a Reshape/Transpose
+            # (qdq.carry_weights) like an activation: per tensor, with a zero point. TFLite's kernels
+            # take symmetric weights: per channel, onnxruntime's step where the channel's integers fit.
+            scale, per_channel, exact = _symmetric_scales(data, float(w.scale.reshape(-1)[0]), axis), True, False
         node = self.nodes[op.node or ""]
         if node.op_type == "Gemm":  # alpha scales the weights: it scales their int8 scales instead
             alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
             scale = (scale * np.float32(alpha)).astype(np.float32)
         shape = [1] * data.ndim
         shape[axis] = -1
-        per = scale.reshape(shape) if w.axis is not None else scale[0]
+        per = scale.reshape(shape) if per_channel else scale[0]
         q = np.round(data / per)
         # The integers are onnxruntime's exactly when the lowering only moved them (transpose);
         # alpha may leave one rounding of float32 between q·s·alpha and q·(s·alpha).
-        if np.abs(q * per - data).max(initial=0) > 1e-6 * np.abs(data).max(initial=0):
+        if exact and np.abs(q * per - data).max(initial=0) > 1e-6 * np.abs(data).max(initial=0):
             raise TfliteLoweringError(
                 f"'{op.node}': the lowering changed the quantized weights (a BatchNormalization folded into "
                 "the conv?); fold it before quantizing, as compile's prepare step does"
             )
         b.replace_constant(weight, np.clip(q, -127, 127).astype(np.int8))
         b.tensors[weight].quantization = Quantization(
-            tuple(float(s) for s in scale), (0,) * scale.size, axis if w.axis is not None else 0
+            tuple(float(s) for s in scale), (0,) * scale.size, axis if per_channel else 0
         )
         in_scale = np.float32(self.params[x].scale[0])
         bias_scale = (in_scale * scale).astype(np.float32)
@@ -284,6 +324,14 @@ class _Pass:
         b.tensors[bias].quantization = Quantization(
             tuple(float(s) for s in bias_scale), (0,) * bias_scale.size, 0
         )
+
+
+def _symmetric_scales(data: np.ndarray, step: float, axis: int) -> np.ndarray:
+    """Per-channel scales for ``data`` = step·k (integer k, from an asymmetric int8 weight): ``step``
+    itself where the channel's |k| ≤ 127 (exact), else the smallest scale that fits it."""
+    others = tuple(i for i in range(data.ndim) if i != axis)
+    widest = np.abs(np.round(data / np.float32(step))).max(axis=others, initial=0)
+    return (np.float32(step) * np.maximum(widest / 127, 1)).astype(np.float32)
 
 
 def quantize_builder(
@@ -302,7 +350,9 @@ def quantize_builder(
         for i, t in enumerate(builder.tensors)
         if t.source in plan.activations and builder.tensors[i].buffer == 0 and t.dtype == np.float32
     }
-    p = _Pass(builder, plan, nodes, params, [], {}, {})
+    _divisions_as_products(builder)
+    derive_params(builder, params, outputs, SAME_PARAMS, ALL_SAME)
+    p = _Pass(builder, plan, nodes, params, [], {}, {}, outputs=set(outputs))
 
     def float_edge(tensor: int) -> int:
         """A float32 tensor that takes over ``tensor``'s graph name; ``tensor`` stays int8 inside."""
@@ -332,6 +382,23 @@ def quantize_builder(
         builder.tensors[tensor].quantization = q
     builder.operators = _without_dead_quantize(p.ops, set(new_outputs))
     return new_inputs, new_outputs
+
+
+def _divisions_as_products(builder: TfliteBuilder) -> None:
+    """DIV by a uniform constant c → MUL by 1/c: TFLite has no int8 DIV, and an int8 MUL by c's
+    exact int8 form rounds once, as onnxruntime's QuantizeLinear after its float Div does."""
+    for op in builder.operators:
+        if op.opcode != _OP.DIV or len(op.inputs) != 2:
+            continue
+        value = uniform_constant(builder, op.inputs[1])
+        if not value:
+            continue
+        t = builder.tensors[op.inputs[1]]
+        data = np.full(t.shape, np.float32(1) / np.float32(value), dtype=np.float32)
+        reciprocal = builder.add_constant(f"{t.name}_reciprocal", data)
+        fields = dict(op.options.fields) if op.options is not None else {}
+        mul = builder.make_operator(_OP.MUL, [op.inputs[0], reciprocal], op.outputs, Options("MulOptions", fields))
+        op.opcode, op.inputs, op.options = mul.opcode, mul.inputs, mul.options  # in place: op keeps its node
 
 
 def _without_dead_quantize(ops: list[Operator], outputs: set[int]) -> list[Operator]:

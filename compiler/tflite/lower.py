@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import onnx
+import tflite
 
 import compiler.tflite.ops  # noqa: F401  (registers the lowerings)
 from compiler.tflite.context import LoweringContext
 from compiler.tflite.errors import TfliteLoweringError
-from compiler.tflite.fold import fold_constants
+from compiler.tflite.fold import Folded, fold_constants
 from compiler.tflite.fp16 import fp16_weights
 from compiler.tflite.int8 import IO_TYPES, quantize_builder
 from compiler.tflite.optimize import optimize
-from compiler.tflite.qdq import is_qdq, strip_qdq
+from compiler.tflite.qdq import carry_weights, is_qdq, strip_qdq
 from compiler.tflite.registry import resolve
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -44,7 +45,10 @@ def lower_to_tflite(model: onnx.ModelProto, *, precision: str = "fp32", io: str 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise TfliteLoweringError("the model imports no default-domain opset; is it an ONNX model?")
-    model = fold_constants(model)
+    folded: list[Folded] = []
+    model = fold_constants(model, folded)
+    if plan is not None:
+        carry_weights(plan, folded)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
@@ -64,7 +68,10 @@ def lower_to_tflite(model: onnx.ModelProto, *, precision: str = "fp32", io: str 
     for node in graph.node:
         ctx.node = _key(node)
         resolve(node, opset)(ctx, node)
-    outputs = [_output(ctx, info.name) for info in graph.output]
+    ctx.node = None
+    outputs: list[int] = []
+    for info in graph.output:
+        outputs.append(_output(ctx, info.name, [*inputs, *outputs]))
     # On the float operators, before int8: the rules keep each tensor's ONNX value (Tensor.source),
     # so the int8 pass still finds onnxruntime's parameters for what they moved.
     optimize(ctx.builder, inputs, outputs)
@@ -82,9 +89,18 @@ def _key(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def _output(ctx: LoweringContext, name: str) -> int:
+def _output(ctx: LoweringContext, name: str, taken: list[int]) -> int:
     if name not in ctx.values:
         raise TfliteLoweringError(f"output '{name}' is a constant; this backend needs it computed")
     tensor = ctx.tensor(name, nhwc=False)
+    if tensor in taken:
+        # input → Identity → output (or one value behind two outputs): a tensor that is both would leave
+        # the int8 pass nowhere to put the edge QUANTIZE / DEQUANTIZE; a RESHAPE to the same shape copies it.
+        shape = ctx.values[name].shape
+        copy = ctx.new_tensor(name, shape, nhwc=False, like=name)
+        ctx.builder.tensors[copy].source = name
+        target = ctx.builder.tensors[copy].signature or shape
+        ctx.emit(tflite.BuiltinOperator.RESHAPE, [tensor, ctx.int32(list(target))], [copy])
+        tensor = copy
     ctx.builder.tensors[tensor].name = name
     return tensor

@@ -20,8 +20,11 @@ import onnx
 from onnx import numpy_helper
 
 from compiler.tflite.errors import TfliteLoweringError
+from compiler.tflite.fold import Folded
 
 _Q, _DQ = "QuantizeLinear", "DequantizeLinear"
+# Ops that only move a constant's elements: its integers and scales move with them.
+_DATA_MOVERS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,49 @@ def strip_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPlan]:
     graph.initializer.extend([*keep, *(t for t in folded if t.name in used)])
     del graph.value_info[:]
     return model, plan
+
+
+def carry_weights(plan: QuantPlan, folded: list[Folded]) -> None:
+    """Follow weights through the data movers constant folding evaluated away.
+
+    onnxruntime quantizes an initializer that reaches a Conv/MatMul through a Reshape or Transpose
+    as DQ(int8 W) → Reshape → Q → DQ → Conv with one set of parameters, so once folded the conv's
+    weight is the moved int8 data exactly. Without this the folded weight has no WeightParams and
+    the conv runs in float. Per-channel scales stay with their axis as it moves; a Q after the move
+    with other parameters (a requantized weight) is not followed.
+    """
+    for step in folded:
+        node = step.node
+        source = node.input[0] if node.input else ""
+        w = plan.weights.get(source)
+        if node.op_type not in _DATA_MOVERS or w is None or not node.output:
+            continue
+        out = node.output[0]
+        moved = plan.activations.get(out)
+        same = ActivationParams(float(w.scale.reshape(-1)[0]), int(w.zero_point.reshape(-1)[0]))
+        if moved is not None and (w.axis is not None or moved != same):
+            continue
+        shape = step.outputs[out].shape
+        if node.op_type == "Transpose":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            perm = list(attrs.get("perm", range(w.data.ndim - 1, -1, -1)))
+            data = w.data.transpose(perm)
+            axis = perm.index(w.axis) if w.axis is not None else None
+        else:
+            data = w.data.reshape(shape)
+            axis = _reshaped_axis(w.axis, w.data.shape, shape) if w.axis is not None else None
+            if w.axis is not None and axis is None:
+                continue
+        plan.weights[out] = WeightParams(data, w.scale, w.zero_point, axis)
+
+
+def _reshaped_axis(axis: int, before: tuple[int, ...], after: tuple[int, ...]) -> int | None:
+    """Where ``axis`` of ``before`` is after a reshape, if that dim survives whole, else None."""
+    lead = int(np.prod(before[:axis]))
+    for i, size in enumerate(after):
+        if size == before[axis] and int(np.prod(after[:i])) == lead:
+            return i
+    return None
 
 
 def _rename_values(graph: onnx.GraphProto, rename: dict[str, str], plan: QuantPlan, outputs: set[str]) -> None:

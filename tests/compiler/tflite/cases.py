@@ -75,11 +75,22 @@ def conv() -> list[Case]:
     w, b = r.standard_normal((4, 3, 3, 3)), r.standard_normal(4)
     same = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])
     strided = helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, 1, 2, 1], strides=[2, 2])
+    # Weights reaching the conv through a Reshape / Transpose that folding evaluates away.
+    reshaped = [helper.make_node("Reshape", ["wf", "ws"], ["wr"]),
+                helper.make_node("Conv", ["x", "wr", "b"], ["y"], pads=[1, 1, 1, 1])]
+    transposed = [helper.make_node("Transpose", ["wt"], ["wr"], perm=[1, 0, 2, 3]),
+                  helper.make_node("Conv", ["x", "wr"], ["y"], pads=[1, 1, 1, 1])]
     return [
         Case("Conv", "conv_same_pads_bias", _model([same], ["N", 3, 7, 7], None, {"w": w, "b": b}),
              _x((2, 3, 7, 7)), 1e-5, 1e-5, _ACCUMULATE),
         Case("Conv", "conv_asymmetric_pads_stride2", _model([strided], [1, 3, 7, 7], None, {"w": w}),
              _x((1, 3, 7, 7)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Conv", "conv_weight_through_folded_reshape",
+             _int64(_model(reshaped, [1, 3, 7, 7], None, {"wf": w.reshape(4, 27), "b": b}), ws=[4, 3, 3, 3]),
+             _x((1, 3, 7, 7)), 1e-5, 1e-5, _ACCUMULATE),
+        Case("Conv", "conv_weight_through_folded_transpose",
+             _model(transposed, [1, 3, 7, 7], None, {"wt": w.transpose(1, 0, 2, 3)}), _x((1, 3, 7, 7)), 1e-5, 1e-5,
+             _ACCUMULATE),
     ]
 
 
@@ -148,6 +159,9 @@ def matmul() -> list[Case]:
              _ACCUMULATE),
         Case("MatMul", "matmul_no_bias", _model(bare, [4, 6], None, {"w": inits["w"]}), _x((4, 6)), 1e-5, 1e-5,
              _ACCUMULATE),
+        Case("MatMul", "matmul_weight_through_folded_transpose",
+             _model([helper.make_node("Transpose", ["wt"], ["wr"]), helper.make_node("MatMul", ["x", "wr"], ["y"])],
+                    [4, 6], None, {"wt": inits["w"].T}), _x((4, 6)), 1e-5, 1e-5, _ACCUMULATE),
     ]
 
 
@@ -307,10 +321,32 @@ def leaky_relu() -> list[Case]:
 
 def hard_sigmoid() -> list[Case]:
     node = helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)
-    return [Case("HardSigmoid", "hard_sigmoid", _model(_conv_then(node), [1, 2, 3, 3], None, {"w": _w(3, 2)}),
-                 {"x": 3 * _rng(26).standard_normal((1, 2, 3, 3)).astype(np.float32)}, 1e-5, 1e-6,
-                 "alpha·x + beta as MUL then ADD (onnxruntime may fuse it into one multiply-add)", 1e-3,
-                 "alpha and beta are ONNX attributes (float32) but TFLite constants, which fp16 rounds")]
+    why = "alpha·x + beta as MUL then ADD (onnxruntime may fuse it into one multiply-add)"
+    fp16_why = "alpha and beta are ONNX attributes (float32) but TFLite constants, which fp16 rounds"
+    # torch's hardswish before opset 14 (and MobileNetV3's): x · HardSigmoid(x, 1/6, 1/2).
+    swish = [helper.make_node("HardSigmoid", ["c"], ["h"], alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["c", "h"], ["y"])]
+    # MobileNetV3's squeeze-excite: x · HardSigmoid(FC(ReLU(FC(mean(x))))), the FCs as 1×1 convs.
+    excite = [helper.make_node("Conv", ["x", "w"], ["c"]),
+              helper.make_node("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=1),
+              helper.make_node("Conv", ["m", "w1", "b1"], ["f"]), helper.make_node("Relu", ["f"], ["r"]),
+              helper.make_node("Conv", ["r", "w2", "b2"], ["g"]),
+              helper.make_node("HardSigmoid", ["g"], ["h"], alpha=1 / 6, beta=0.5),
+              helper.make_node("Mul", ["c", "h"], ["y"])]
+    r = _rng(45)
+    se_inits = {"w": _w(4, 2), "w1": _w(2, 4, 46), "b1": r.standard_normal(2), "w2": _w(4, 2, 47),
+                "b2": r.standard_normal(4)}
+    x = {"x": 3 * _rng(26).standard_normal((1, 2, 3, 3)).astype(np.float32)}
+    return [
+        Case("HardSigmoid", "hard_sigmoid", _model(_conv_then(node), [1, 2, 3, 3], None, {"w": _w(3, 2)}), x,
+             1e-5, 1e-6, why, 1e-3, fp16_why),
+        Case("HardSigmoid", "hard_swish_as_x_times_hard_sigmoid",
+             _model([helper.make_node("Conv", ["x", "w"], ["c"]), *swish], [1, 2, 3, 3], None, {"w": _w(3, 2)}), x,
+             1e-5, 1e-5, why, 1e-3, fp16_why),
+        Case("HardSigmoid", "hard_sigmoid_squeeze_excite", _model(excite, [1, 2, 5, 5], None, se_inits),
+             {"x": 2 * _rng(48).standard_normal((1, 2, 5, 5)).astype(np.float32)}, 1e-5, 1e-5, _ACCUMULATE,
+             1e-3, fp16_why),
+    ]
 
 
 def hard_swish() -> list[Case]:
@@ -333,8 +369,19 @@ def sub() -> list[Case]:
 
 def div() -> list[Case]:
     k = _rng(29).uniform(0.5, 2.0, (1, 4))
-    return [Case("Div", "div_by_row", _model([helper.make_node("Div", ["x", "k"], ["y"])], [3, 4], None, {"k": k}),
-                 _x((3, 4)), 1e-6, 1e-7, "XNNPACK may divide as a multiply by the reciprocal")]
+    # Paddle's hardswish x·relu6(x + 3)/6: HARD_SWISH in fp32; in int8 ADD, MUL and a MUL by 1/6.
+    # (On the graph input: after a conv, a one-step tie in the conv's requantization, where kernels
+    # may differ, becomes two steps once multiplied by relu6(x + 3).)
+    paddle = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["r"]),
+              helper.make_node("Mul", ["x", "r"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])]
+    inits = {"three": np.array(3.0), "zero": np.array(0.0), "six": np.array(6.0)}
+    return [
+        Case("Div", "div_by_row", _model([helper.make_node("Div", ["x", "k"], ["y"])], [3, 4], None, {"k": k}),
+             _x((3, 4)), 1e-6, 1e-7, "XNNPACK may divide as a multiply by the reciprocal"),
+        Case("Div", "div_by_scalar_paddle_hard_swish", _model(paddle, [2, 3, 4, 4], None, inits),
+             {"x": 3 * _rng(49).standard_normal((2, 3, 4, 4)).astype(np.float32)}, 1e-5, 1e-5,
+             "x·relu6(x + 3)/6 as one HARD_SWISH, which rounds once where onnxruntime rounds three times"),
+    ]
 
 
 def depthwise_conv() -> list[Case]:
@@ -581,8 +628,6 @@ INT8_LSB_WHY = "int8 requantization and LUT rounding differ by at most one step 
 INT8_EXCLUDES: dict[str, str] = {
     "relu": "onnxruntime quantizes no lone Relu on a graph input (it only removes Relu after a quantized "
             "producer); relu_fused_into_conv covers Relu",
-    "identity_removed": "after onnxruntime removes the Relu the graph is input → Identity → output: one TFLite "
-                        "tensor would be both the model's input and output",
     "bn_folded_into_conv": "the lowering folds BN into the conv weights, which would change onnxruntime's int8 "
                            "weights; compile's prepare folds BN before quantizing, so int8 refuses (tested)",
     "bn_folded_into_depthwise": "as bn_folded_into_conv",

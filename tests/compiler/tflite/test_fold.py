@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.tflite.fold import fold_constants
+from compiler.tflite.fold import Folded, fold_constants
 from tests.compiler.tflite.cases import all_cases
 from tests.compiler.tflite.runners import run_onnxruntime
 
@@ -55,3 +55,13 @@ def test_dequantize_of_a_constant_is_kept_for_the_int8_lowering() -> None:
     )
     folded = fold_constants(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert [n.op_type for n in folded.graph.node] == ["DequantizeLinear", "MatMul"]
+
+
+def test_record_lists_what_was_folded_with_its_values() -> None:
+    # The int8 pass follows quantized weights through these (qdq.carry_weights).
+    model = next(c.model for c in all_cases() if c.name == "conv_weight_through_folded_transpose")
+    record: list[Folded] = []
+    fold_constants(model, record)
+    assert [step.node.op_type for step in record] == ["Transpose"]
+    (step,) = record
+    np.testing.assert_array_equal(step.outputs["wr"], step.inputs["wt"].transpose(1, 0, 2, 3))

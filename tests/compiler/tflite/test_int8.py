@@ -9,11 +9,10 @@ import tflite
 from onnx import helper, numpy_helper
 
 from compiler.tflite import TfliteLoweringError, lower_to_tflite
-from tests.compiler.tflite.cases import Case, all_cases
+from compiler.tflite.summary import summarize
+from tests.compiler.tflite.cases import Case, _model, _w, all_cases
 from tests.compiler.tflite.quantized import output_scales, qdq_model
 from tests.compiler.tflite.runners import run_litert, run_onnxruntime
-
-_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 
 
 def _case(name: str) -> Case:
@@ -37,10 +36,7 @@ def _tensors(data: bytes) -> dict[str, tuple[np.ndarray | None, tflite.Tensor]]:
 
 
 def _opcodes(data: bytes) -> list[str]:
-    model = tflite.Model.GetRootAsModel(data, 0)
-    graph = model.Subgraphs(0)
-    codes = [model.OperatorCodes(i).BuiltinCode() for i in range(model.OperatorCodesLength())]
-    return [_NAMES[codes[graph.Operators(i).OpcodeIndex()]] for i in range(graph.OperatorsLength())]
+    return summarize(data).ops
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -84,19 +80,23 @@ INT8_KERNELS = {
     "matmul_two_activations": "BATCH_MATMUL",
     "gather_last_axis_of_nhwc": "GATHER",
     "softmax_13_middle_axis_transposed": "SOFTMAX",
+    # Ops onnxruntime leaves in float between quantized values (derive.py gives the MUL/ADD a
+    # lowering splits them into exact parameters): HardSigmoid, hardswish as x·HardSigmoid(x),
+    # MobileNetV3's squeeze-excite (ReduceMean too), Paddle's x·relu6(x + 3)/6 (Div by 6 → MUL).
+    "hard_sigmoid": "ADD",
+    "hard_swish_as_x_times_hard_sigmoid": "MUL",
+    "hard_sigmoid_squeeze_excite": "MEAN",
+    "div_by_scalar_paddle_hard_swish": "MUL",
+    # Weights through a folded Reshape / Transpose (qdq.carry_weights).
+    "conv_weight_through_folded_reshape": "CONV_2D",
+    "conv_weight_through_folded_transpose": "CONV_2D",
+    "matmul_weight_through_folded_transpose": "FULLY_CONNECTED",
 }
 
 
 def _float_ops(data: bytes) -> list[str]:
     """Operators (other than QUANTIZE / DEQUANTIZE) that write a float32 tensor."""
-    model = tflite.Model.GetRootAsModel(data, 0)
-    graph = model.Subgraphs(0)
-    names = _opcodes(data)
-    return [
-        names[i] for i in range(graph.OperatorsLength())
-        if names[i] not in ("QUANTIZE", "DEQUANTIZE")
-        and any(graph.Tensors(t).Type() == tflite.TensorType.FLOAT32 for t in graph.Operators(i).OutputsAsNumpy())
-    ]
+    return summarize(data).float_ops
 
 
 @pytest.mark.parametrize("name", sorted(INT8_KERNELS))
@@ -222,3 +222,61 @@ def test_fp16_stores_float16_weights_behind_dequantize() -> None:
     assert ops[:2] == ["DEQUANTIZE", "DEQUANTIZE"] and ops[2:] == _opcodes(lower_to_tflite(case.model))
     halves = [v for v, t in _tensors(data).values() if t.Type() == tflite.TensorType.FLOAT16]
     assert len(halves) == 2 and all(v is not None for v in halves)
+
+
+def test_per_channel_weights_follow_a_folded_transpose_with_their_axis() -> None:
+    # A hand-written QDQ graph: per-channel int8 weights stored [C_in, C_out, kH, kW] (scales on axis 1),
+    # transposed to the conv's [C_out, C_in, kH, kW]: the scales must end on TFLite's output channel.
+    r = np.random.default_rng(11)
+    w_int8 = r.integers(-127, 128, (2, 3, 3, 3)).astype(np.int8)
+    w_scale = np.array([0.01, 0.02, 0.03], np.float32)
+    f = onnx.TensorProto.FLOAT
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("w_q", w_int8), ("w_s", w_scale), ("w_zp", np.zeros(3, np.int8)), ("x_s", np.float32(0.02)),
+        ("x_zp", np.int8(0)), ("y_s", np.float32(0.05)), ("y_zp", np.int8(3)))]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w_t"], axis=1),
+        helper.make_node("Transpose", ["w_t"], ["w"], perm=[1, 0, 2, 3]),
+        helper.make_node("QuantizeLinear", ["x", "x_s", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xd"]),
+        helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "y_s", "y_zp"], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", "y_s", "y_zp"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "carry", [helper.make_tensor_value_info("x", f, [1, 2, 5, 5])],
+                              [helper.make_tensor_value_info("y", f, None)], inits)
+    qdq = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = lower_to_tflite(qdq, precision="int8")
+    assert _float_ops(data) == []
+    weight, t = next(v for k, v in _tensors(data).items() if k.endswith("_ohwi"))
+    np.testing.assert_array_equal(weight, w_int8.transpose(1, 0, 2, 3).transpose(0, 2, 3, 1))
+    assert t.Quantization().QuantizedDimension() == 0
+    np.testing.assert_array_equal(t.Quantization().ScaleAsNumpy(), w_scale)
+    x = {"x": r.uniform(-2, 2, (1, 2, 5, 5)).astype(np.float32)}
+    assert np.abs(run_litert(data, x)[0] - run_onnxruntime(qdq, x)[0]).max() <= 0.05 * (1 + 1e-4)
+
+
+def test_hard_swish_without_an_output_quantize_takes_its_range_from_the_input() -> None:
+    # onnxruntime quantizes no HardSwish: as a graph output its value has no QuantizeLinear. The
+    # int8 HARD_SWISH gets parameters from the input's int8 range (derive.py) instead of an island.
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from tests.compiler.tflite.quantized import _Reader, calibration_feeds
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("HardSwish", ["c"], ["y"])]
+    case = Case("HardSwish", "hard_swish_output", _model(nodes, [1, 2, 4, 4], None, {"w": _w(3, 2)}),
+                {"x": 2 * np.random.default_rng(4).standard_normal((1, 2, 4, 4)).astype(np.float32)}, 0, 0, "")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(case.model, f"{tmp}/m.onnx")
+        quantize_static(f"{tmp}/m.onnx", f"{tmp}/q.onnx", _Reader(calibration_feeds(case)),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+        qdq = onnx.load(f"{tmp}/q.onnx")
+    assert output_scales(qdq)["y"] is None
+    data = lower_to_tflite(qdq, precision="int8")
+    assert _float_ops(data) == [] and "HARD_SWISH" in _opcodes(data)
+    scale = _tensors(data)["y_int8"][1].Quantization().Scale(0)  # the int8 output before its DEQUANTIZE
+    got, want = run_litert(data, case.inputs)[0], run_onnxruntime(qdq, case.inputs)[0]
+    assert np.abs(got - want).max() <= scale * 0.5 * (1 + 1e-3)  # one rounding of the exact hardswish

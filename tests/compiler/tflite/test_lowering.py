@@ -122,3 +122,18 @@ def test_resize_with_a_rounding_tflite_lacks_is_rejected() -> None:
     model = _model([node], [1, 1, 4, 4], None, {"scales": np.array([1, 1, 2, 2])})
     with pytest.raises(TfliteLoweringError, match=r"'Resize' \(node 'rs'\): nearest_mode='round_prefer_floor'"):
         lower_to_tflite(model)
+
+
+def test_input_through_identity_to_output_gets_its_own_tensor() -> None:
+    # input → Identity → output: one tensor as both the model's input and output leaves the int8
+    # pass no place for its edge QUANTIZE / DEQUANTIZE; a RESHAPE to the same shape copies it.
+    from tests.compiler.tflite.runners import run_litert
+
+    model = _model([helper.make_node("Identity", ["x"], ["y"])], ["N", 3], None)
+    data = lower_to_tflite(model)
+    assert opcodes(data) == [OP.RESHAPE]
+    graph = tflite.Model.GetRootAsModel(data, 0).Subgraphs(0)
+    assert graph.Inputs(0) != graph.Outputs(0)
+    assert graph.Tensors(graph.Outputs(0)).Name() == b"y"
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run_litert(data, {"x": x})[0], x)

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from compiler.examples import DigitsSplits, digits_splits, train_digits_cnn, train_digits_mlp
 from compiler.tflite import lower_to_tflite
-from compiler.variants import _static_shapes
+from compiler.variants import static_shapes
 from tests import zoo
 from tests.compiler.tflite.runners import run_litert, run_onnxruntime
 
@@ -97,7 +97,7 @@ def test_zoo_model_matches_onnxruntime(name: str, zoo_cache: Path) -> None:
     model = getattr(zoo, name)(zoo_cache)
     with np.load(model.eval) as data:
         samples = {key: data[key][:6] for key in data.files}
-    onnx_model = _static_shapes(onnx.load(str(model.onnx_path)), samples)
+    onnx_model = static_shapes(onnx.load(str(model.onnx_path)), samples)
     tflite_bytes = lower_to_tflite(onnx_model)
     agree, total = 0, 0
     for i in range(6):
