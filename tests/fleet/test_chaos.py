@@ -45,7 +45,7 @@ def test_schedules_are_parsed_and_seeded() -> None:
     for bad in ("", "kill-all", "random:x", "random:0"):
         with pytest.raises(UserError, match="--chaos"):
             parse_chaos(bad, 0)
-    with pytest.raises(UserError, match="needs Mosquitto"):
+    with pytest.raises(UserError, match="needs a TCP broker"):
         UpOptions(broker="memory", chaos=ChaosOptions(("kill-device",)))
 
 
