@@ -162,13 +162,16 @@ class BrokerProcess:
             try:
                 self._start_once(timeout)
                 return self
-            except BrokerError:
-                if fixed or attempt == START_ATTEMPTS or "in use" not in self._log_tail():
+            except BrokerError as exc:
+                if fixed or attempt == START_ATTEMPTS or "in use" not in f"{exc} {self._log_tail()}":
                     raise
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _start_once(self, timeout: float) -> None:
         command = self.command()
+        if accepts_connections(self.host, self.port, timeout=0.2):  # else the poll below would see that one
+            raise BrokerError(f"{self.host}:{self.port} is already in use by another process: stop it or "
+                              "choose another port")
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,

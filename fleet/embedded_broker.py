@@ -13,13 +13,15 @@ Maximum Packet Size), persistent sessions with QoS 1 queued while the client is 
 a protocol error, a session takeover or DISCONNECT 0x04), retained messages (an empty payload
 clears one), QoS 0 and 1, wildcard filters (``+``, ``#``, ``$`` topics not matched by a leading
 wildcard), subscription options (QoS, No Local, Retain As Published, Retain Handling 0/1/2),
-subscription identifiers, PUBLISH properties passed through untouched (User Property, Response
+subscription identifiers, shared subscriptions (``$share/group/filter``: each message to one
+member, in turn among those online; the controller's chunk servers share the requests this way),
+PUBLISH properties passed through untouched (User Property, Response
 Topic, Correlation Data, Content Type, Payload Format, Message Expiry), flow control towards each
 client (never more unacknowledged QoS 1 than its Receive Maximum, capped at ``MAX_INFLIGHT``),
 packets up to ``MAX_PACKET_SIZE`` (8 MB + 64 KB, as ``fleet.broker`` configures Mosquitto).
 
 Refused, with its reason code: QoS 2 subscriptions are granted QoS 1; a QoS 2 PUBLISH (we
-announce Maximum QoS 1) → DISCONNECT 0x9B; shared subscriptions → SUBACK 0x9E; a bad filter →
+announce Maximum QoS 1) → DISCONNECT 0x9B; a bad filter (shared or not) →
 SUBACK 0x8F; topic aliases (we announce none) → DISCONNECT 0x94; a packet over the maximum size →
 DISCONNECT 0x95; a malformed packet → DISCONNECT 0x81 and a protocol violation → 0x82 (only that
 client is dropped); enhanced authentication → CONNACK 0x8C; MQTT 3.1/3.1.1 → CONNACK "unacceptable
@@ -72,6 +74,7 @@ MAX_QUEUED = 100_000  # QoS 1 messages waiting for one client (Mosquitto: max_qu
 RECEIVE_MAXIMUM = 1000  # what clients may have in flight towards us (we ack at once)
 MAX_WRITE_BUFFER = 64 << 20  # QoS 0 to a client whose socket has this much unsent is dropped
 NEVER_EXPIRES = 0xFFFFFFFF
+CONNECT_TIMEOUT_S = 10.0  # a TCP connection that sends no CONNECT for this long is closed
 
 # Packet types (the high nibble of the first byte).
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -81,14 +84,14 @@ SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 
 SUCCESS, DISCONNECT_WITH_WILL, NO_SUBSCRIPTION_EXISTED = 0x00, 0x04, 0x11
 MALFORMED, PROTOCOL_ERROR, BAD_AUTH_METHOD, SESSION_TAKEN_OVER = 0x81, 0x82, 0x8C, 0x8E
 KEEP_ALIVE_TIMEOUT, TOPIC_FILTER_INVALID, TOPIC_NAME_INVALID, PACKET_TOO_LARGE = 0x8D, 0x8F, 0x90, 0x95
-TOPIC_ALIAS_INVALID, QOS_NOT_SUPPORTED, SHARED_SUBS_NOT_SUPPORTED, SERVER_SHUTTING_DOWN = 0x94, 0x9B, 0x9E, 0x8B
+TOPIC_ALIAS_INVALID, QOS_NOT_SUPPORTED, SERVER_SHUTTING_DOWN = 0x94, 0x9B, 0x8B
 
 # Properties: identifier → wire type (b byte, h two-byte int, i four-byte int, v variable byte
 # int, s UTF-8 string, d binary data, p string pair).
 P_PAYLOAD_FORMAT, P_MESSAGE_EXPIRY, P_CONTENT_TYPE, P_RESPONSE_TOPIC, P_CORRELATION = 0x01, 0x02, 0x03, 0x08, 0x09
 P_SUB_ID, P_SESSION_EXPIRY, P_ASSIGNED_ID, P_AUTH_METHOD, P_WILL_DELAY = 0x0B, 0x11, 0x12, 0x15, 0x18
 P_RECEIVE_MAX, P_TOPIC_ALIAS_MAX, P_TOPIC_ALIAS, P_MAX_QOS, P_USER = 0x21, 0x22, 0x23, 0x24, 0x26
-P_MAX_PACKET, P_SHARED_AVAILABLE, P_REASON_STRING = 0x27, 0x2A, 0x1F
+P_MAX_PACKET, P_REASON_STRING = 0x27, 0x1F
 PROPERTY_TYPES = {
     0x01: "b", 0x02: "i", 0x03: "s", 0x08: "s", 0x09: "d", 0x0B: "v", 0x11: "i", 0x12: "s", 0x13: "h", 0x15: "s",
     0x16: "d", 0x17: "b", 0x18: "i", 0x19: "b", 0x1A: "s", 0x1C: "s", 0x1F: "s", 0x21: "h", 0x22: "h", 0x23: "h",
@@ -272,6 +275,12 @@ class Sub:
     no_local: bool
     retain_as_published: bool
     sub_id: int | None
+    share: str | None = None  # "$share/group/filter" for a shared subscription
+
+    @property
+    def key(self) -> str:
+        """Its key in a tree node: a client may hold a plain and a shared subscription on one filter."""
+        return self.client_id if self.share is None else f"{self.share}\0{self.client_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +332,17 @@ def _match(node: Node, levels: list[str], i: int, dollar: bool, out: list[Sub]) 
         _match(child, levels, i + 1, dollar, out)
 
 
+def split_share(topic_filter: str) -> tuple[str | None, str]:
+    """``("$share/g/a/+", "a/+")`` for a shared subscription, ``(None, filter)`` otherwise; a
+    ``$share`` filter without a group or a filter gives an empty filter (invalid)."""
+    if not topic_filter.startswith("$share/"):
+        return None, topic_filter
+    _, group, inner = [*topic_filter.split("/", 2), "", ""][:3]
+    if not group or "+" in group or "#" in group:
+        return topic_filter, ""
+    return topic_filter, inner
+
+
 def filter_matches(topic_filter: str, topic: str) -> bool:
     node = Node()
     leaf = node
@@ -341,6 +361,7 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.tree = Node()
         self.retained: dict[str, Msg] = {}
+        self.share_turn: dict[str, int] = {}  # "$share/g/filter" → round-robin counter
         self.connections: set[Connection] = set()
         self._ids = itertools.count(1)
 
@@ -351,24 +372,25 @@ class Broker:
     def subscribe(self, session: Session, topic_filter: str, sub: Sub) -> bool:
         """True if the session had no subscription to this filter before."""
         node = self.tree
-        for level in topic_filter.split("/"):
+        for level in split_share(topic_filter)[1].split("/"):
             node = node.children.setdefault(level, Node())
-        new = session.client_id not in node.subs
-        node.subs[session.client_id] = sub
+        new = sub.key not in node.subs
+        node.subs[sub.key] = sub
         session.subs[topic_filter] = sub
         return new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
-        if session.subs.pop(topic_filter, None) is None:
+        sub = session.subs.pop(topic_filter, None)
+        if sub is None:
             return False
+        levels = split_share(topic_filter)[1].split("/")
         path = [self.tree]
-        for level in topic_filter.split("/"):
+        for level in levels:
             nxt = path[-1].children.get(level)
             if nxt is None:
                 return True
             path.append(nxt)
-        path[-1].subs.pop(session.client_id, None)
-        levels = topic_filter.split("/")
+        path[-1].subs.pop(sub.key, None)
         for depth in range(len(levels), 0, -1):  # prune the branches left empty
             node = path[depth]
             if node.subs or node.children:
@@ -397,10 +419,16 @@ class Broker:
             return
         # One copy per client: the highest QoS of its matching subscriptions, all their ids.
         per_client: dict[str, list[Sub]] = {}
+        shared: dict[str, list[Sub]] = {}
         for sub in matched:
-            if sub.no_local and sub.client_id == sender:
-                continue
-            per_client.setdefault(sub.client_id, []).append(sub)
+            if sub.share is not None:
+                shared.setdefault(sub.share, []).append(sub)
+            elif not (sub.no_local and sub.client_id == sender):
+                per_client.setdefault(sub.client_id, []).append(sub)
+        for share, members in shared.items():  # one member per group: the next online one in turn
+            chosen = self.pick(share, members)
+            if chosen is not None:
+                per_client.setdefault(chosen.client_id, []).append(chosen)
         for client_id, subs in per_client.items():
             session = self.sessions.get(client_id)
             if session is None:
@@ -409,6 +437,14 @@ class Broker:
             retain = msg.retain and any(s.retain_as_published for s in subs)
             ids = b"".join(encode_property(P_SUB_ID, s.sub_id) for s in subs if s.sub_id)
             self.deliver(session, Msg(msg.topic, msg.payload, qos, retain, msg.props + ids))
+
+    def pick(self, share: str, members: list[Sub]) -> Sub | None:
+        members.sort(key=lambda s: s.client_id)
+        online = [s for s in members if (x := self.sessions.get(s.client_id)) is not None and x.conn is not None]
+        pool = online or members
+        turn = self.share_turn.get(share, 0)
+        self.share_turn[share] = turn + 1
+        return pool[turn % len(pool)] if pool else None
 
     def deliver(self, session: Session, msg: Msg) -> None:
         conn = session.conn
@@ -456,7 +492,7 @@ class Connection(asyncio.Protocol):
         self.session: Session | None = None
         self.will: Will | None = None
         self.keepalive = 0
-        self.last_seen = time.monotonic()
+        self.last_seen = self.opened = time.monotonic()
         self.window = MAX_INFLIGHT
         self.max_packet = MAX_PACKET_SIZE
         self.peer = "?"
@@ -481,6 +517,8 @@ class Connection(asyncio.Protocol):
                 if head is None:
                     return
                 header_len, length = head
+                if self.session is None and self.buf[0] != CONNECT << 4:
+                    raise ProtocolViolation(PROTOCOL_ERROR, "the first packet is not CONNECT")
                 if header_len + length > MAX_PACKET_SIZE:
                     raise ProtocolViolation(PACKET_TOO_LARGE, f"a {header_len + length}-byte packet exceeds the "
                                                               f"maximum packet size of {MAX_PACKET_SIZE}")
@@ -575,7 +613,6 @@ class Connection(asyncio.Protocol):
         self.will = will
         connack_props: list[tuple[int, object]] = [
             (P_RECEIVE_MAX, RECEIVE_MAXIMUM), (P_MAX_QOS, 1), (P_MAX_PACKET, MAX_PACKET_SIZE),
-            (P_SHARED_AVAILABLE, 0),
         ]
         if not client_id:
             client_id = self.broker.new_client_id()
@@ -667,16 +704,16 @@ class Connection(asyncio.Protocol):
             qos, handling = options & 0x03, (options >> 4) & 0x03
             if qos == 3 or handling == 3 or options & 0xC0:
                 raise ProtocolViolation(MALFORMED, f"subscription options {options:#010b}")
-            if topic_filter.startswith("$share/"):
-                codes.append(SHARED_SUBS_NOT_SUPPORTED)
-                continue
-            if not valid_filter(topic_filter):
+            share, inner = split_share(topic_filter)
+            if not valid_filter(inner):
                 codes.append(TOPIC_FILTER_INVALID)
                 continue
-            sub = Sub(self.session.client_id, min(qos, 1), bool(options & 0x04), bool(options & 0x08), sub_id)
+            if share is not None and options & 0x04:
+                raise ProtocolViolation(PROTOCOL_ERROR, "No Local on a shared subscription")
+            sub = Sub(self.session.client_id, min(qos, 1), bool(options & 0x04), bool(options & 0x08), sub_id, share)
             new = self.broker.subscribe(self.session, topic_filter, sub)
             codes.append(sub.qos)
-            if handling == 0 or (handling == 1 and new):
+            if share is None and (handling == 0 or (handling == 1 and new)):
                 retained.append((topic_filter, sub))
         self.send(packet(SUBACK, struct.pack("!H", pid) + b"\x00" + bytes(codes)))
         for topic_filter, sub in retained:  # after the SUBACK
@@ -777,7 +814,9 @@ async def serve(host: str, port: int, ready: asyncio.Event | None = None) -> Non
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for conn in list(broker.connections):
-                if conn.keepalive and now - conn.last_seen > 1.5 * conn.keepalive:
+                if conn.session is None and now - conn.opened > CONNECT_TIMEOUT_S:
+                    conn.close(publish_will=False)  # connected, never said CONNECT
+                elif conn.keepalive and now - conn.last_seen > 1.5 * conn.keepalive:
                     log.info("%s: no packet for %.0f s (keep-alive %d s)", conn.name, now - conn.last_seen,
                              conn.keepalive)
                     conn.disconnect(KEEP_ALIVE_TIMEOUT, "keep-alive timeout")

@@ -677,7 +677,8 @@ def run_up(options: UpOptions, *, on_status: Callable[[UpStatus], None] | None =
     A failure to start (a missing Mosquitto with ``broker="mosquitto"``, a broker that does not
     start, a failed model build, a workdir that is not ours) raises its ``EdgectlError`` once
     everything is stopped; what goes wrong afterwards (a failed replica, failed requests) is in
-    ``UpReport.errors``. A Ctrl-C (``KeyboardInterrupt``) ends the run and is reported as ``interrupted``, not raised."""
+    ``UpReport.errors``. A Ctrl-C (``KeyboardInterrupt``) ends the run and is reported as
+    ``interrupted``, not raised."""
     up = _Up(options, on_status)
     try:
         up.prepare_dirs()
