@@ -1,21 +1,30 @@
-"""A Mosquitto broker run by edgectl itself (``edgectl up``): 127.0.0.1 on a free port, its config,
-persistence and log in a folder of ours, stopped (and waited for) by ``stop()``::
+"""The MQTT broker run by edgectl itself (``edgectl up``, the benchmarks): a child process on
+127.0.0.1 and a free port, its config, persistence and log in a folder of ours, stopped (and
+waited for) by ``stop()``. Two kinds with one shape::
 
-    broker = MosquittoBroker(Path(".edgectl-up/run/broker"))
-    broker.start()          # BrokerMissing (with the install command) when mosquitto is not installed
+    broker = make_broker("auto", Path(".edgectl-up/run/broker"))  # Mosquitto if installed, else embedded
+    broker = MosquittoBroker(folder)   # BrokerMissing (with the install command) when not installed
+    broker = EmbeddedBroker(folder)    # python -m fleet.embedded_broker: always there, pure Python
+    broker.start()
     broker.url              # "mqtt://127.0.0.1:40123"
-    ...
+    broker.kill()           # SIGKILL (a crash); start() brings it back on the same port
     broker.stop()           # SIGTERM, then SIGKILL after a timeout; the process is reaped
 
 Errors::
 
     BrokerMissing (UserError, exit 2)   the mosquitto binary is not installed
-    BrokerError (exit 1)                it is, but did not start (the message carries its log)
+    BrokerError (exit 1)                a broker did not start (the message carries its log), or its
+                                        fixed port is taken
 
-Why these settings: the broker only listens on loopback, so anonymous clients are fine. The
-agents fetch artifacts as windows of QoS 1 chunks, more than Mosquitto's defaults let through
+Mosquitto persists its sessions (SIGTERM saves them, autosave every 5 s); the embedded broker
+keeps them in memory, so any restart loses them and the clients subscribe and publish their
+retained state again (fleet/embedded_broker.py says what it supports and why it exists).
+
+Why these Mosquitto settings: the broker only listens on loopback, so anonymous clients are fine.
+The agents fetch artifacts as windows of QoS 1 chunks, more than Mosquitto's defaults let through
 (20 in flight, 1000 queued). Started as root, Mosquitto drops to the user "mosquitto", which
-cannot write its persistence file in our folder: the config then names the current user.
+cannot write its persistence file in our folder: the config then names the current user. The
+embedded broker has the same limits built in.
 
 The process is started in a session of its own, so a Ctrl-C in the terminal reaches only us and
 the broker outlives the agents' goodbyes (their retained "offline" states); on Linux it also gets
@@ -47,7 +56,7 @@ START_ATTEMPTS = 3  # a free port can be taken by someone else between our probe
 
 
 class BrokerError(EdgectlError):
-    """Mosquitto is installed but did not start or did not accept connections."""
+    """The broker did not start or did not accept connections."""
 
 
 class BrokerMissing(UserError):
