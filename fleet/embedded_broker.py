@@ -73,6 +73,7 @@ MAX_INFLIGHT = 1000  # unacknowledged QoS 1 towards one client, at most (Mosquit
 MAX_QUEUED = 100_000  # QoS 1 messages waiting for one client (Mosquitto: max_queued_messages)
 RECEIVE_MAXIMUM = 1000  # what clients may have in flight towards us (we ack at once)
 MAX_WRITE_BUFFER = 64 << 20  # QoS 0 to a client whose socket has this much unsent is dropped
+WRITE_HIGH = 16 << 20  # QoS 1 to a client waits (in its queue) while this much is unsent
 NEVER_EXPIRES = 0xFFFFFFFF
 CONNECT_TIMEOUT_S = 10.0  # a TCP connection that sends no CONNECT for this long is closed
 
@@ -344,14 +345,16 @@ def split_share(topic_filter: str) -> tuple[str | None, str]:
 
 
 def filter_matches(topic_filter: str, topic: str) -> bool:
-    node = Node()
-    leaf = node
-    for level in topic_filter.split("/"):
-        leaf = leaf.children.setdefault(level, Node())
-    leaf.subs[""] = Sub("", 0, False, False, None)
-    out: list[Sub] = []
-    _match(node, topic.split("/"), 0, topic.startswith("$"), out)
-    return bool(out)
+    """The tree's rule for one filter (retained messages are matched against each new subscription)."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    levels, have = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(levels):
+        if level == "#":
+            return True
+        if i >= len(have) or (level != "+" and level != have[i]):
+            return False
+    return len(levels) == len(have)
 
 
 class Broker:
@@ -497,11 +500,13 @@ class Connection(asyncio.Protocol):
         self.max_packet = MAX_PACKET_SIZE
         self.peer = "?"
         self.closed = False
+        self.paused = False  # the socket's send buffer is over WRITE_HIGH: no more QoS 1 until it drains
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.broker.connections.add(self)
@@ -531,6 +536,13 @@ class Connection(asyncio.Protocol):
         except ProtocolViolation as exc:
             log.warning("%s (%s): %s; disconnecting it (reason 0x%02x)", self.name, self.peer, exc, exc.code)
             self.disconnect(exc.code, str(exc))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.broker.connections.discard(self)
@@ -766,9 +778,11 @@ class Connection(asyncio.Protocol):
     def pump(self) -> None:
         """Send queued QoS 1 messages while the client's window has room."""
         session = self.session
-        if session is None or session.conn is not self or self.closed:
+        if session is None or session.conn is not self or self.closed or self.paused:
             return
-        while session.queue and len(session.inflight) < self.window:
+        if self.transport is None or self.transport.is_closing():
+            return  # the messages stay queued for the next connection
+        while session.queue and len(session.inflight) < self.window and not self.paused:
             msg = session.queue.popleft()
             pid = session.next_pid
             while pid in session.inflight:
