@@ -27,11 +27,11 @@ from edgectl.transport.base import Message, TransportError, Will
 from edgectl.transport.mqtt import MqttSettings, MqttTransport
 from fleet.artifacts import ArtifactStore
 from fleet.broker import EmbeddedBroker
-from fleet.embedded_broker import (
+from fleet.embedded_broker import MAX_PACKET_SIZE
+from fleet.mqtt_codec import (
     CONNACK,
     CONNECT,
     DISCONNECT,
-    MAX_PACKET_SIZE,
     P_RECEIVE_MAX,
     PUBLISH,
     SUBACK,
