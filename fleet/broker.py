@@ -1,21 +1,30 @@
-"""A Mosquitto broker run by edgectl itself (``edgectl up``): 127.0.0.1 on a free port, its config,
-persistence and log in a folder of ours, stopped (and waited for) by ``stop()``::
+"""The MQTT broker run by edgectl itself (``edgectl up``, the benchmarks): a child process on
+127.0.0.1 and a free port, its config, persistence and log in a folder of ours, stopped (and
+waited for) by ``stop()``. Two kinds with one shape::
 
-    broker = MosquittoBroker(Path(".edgectl-up/run/broker"))
-    broker.start()          # BrokerMissing (with the install command) when mosquitto is not installed
+    broker = make_broker("auto", Path(".edgectl-up/run/broker"))  # Mosquitto if installed, else embedded
+    broker = MosquittoBroker(folder)   # BrokerMissing (with the install command) when not installed
+    broker = EmbeddedBroker(folder)    # python -m fleet.embedded_broker: always there, pure Python
+    broker.start()
     broker.url              # "mqtt://127.0.0.1:40123"
-    ...
+    broker.kill()           # SIGKILL (a crash); start() brings it back on the same port
     broker.stop()           # SIGTERM, then SIGKILL after a timeout; the process is reaped
 
 Errors::
 
     BrokerMissing (UserError, exit 2)   the mosquitto binary is not installed
-    BrokerError (exit 1)                it is, but did not start (the message carries its log)
+    BrokerError (exit 1)                a broker did not start (the message carries its log), or its
+                                        fixed port is taken
 
-Why these settings: the broker only listens on loopback, so anonymous clients are fine. The
-agents fetch artifacts as windows of QoS 1 chunks, more than Mosquitto's defaults let through
+Mosquitto persists its sessions (SIGTERM saves them, autosave every 5 s); the embedded broker
+keeps them in memory, so any restart loses them and the clients subscribe and publish their
+retained state again (fleet/embedded_broker.py says what it supports and why it exists).
+
+Why these Mosquitto settings: the broker only listens on loopback, so anonymous clients are fine.
+The agents fetch artifacts as windows of QoS 1 chunks, more than Mosquitto's defaults let through
 (20 in flight, 1000 queued). Started as root, Mosquitto drops to the user "mosquitto", which
-cannot write its persistence file in our folder: the config then names the current user.
+cannot write its persistence file in our folder: the config then names the current user. The
+embedded broker has the same limits built in.
 
 The process is started in a session of its own, so a Ctrl-C in the terminal reaches only us and
 the broker outlives the agents' goodbyes (their retained "offline" states); on Linux it also gets
@@ -35,6 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from edgectl.errors import EdgectlError, UserError
 
@@ -46,7 +56,7 @@ START_ATTEMPTS = 3  # a free port can be taken by someone else between our probe
 
 
 class BrokerError(EdgectlError):
-    """Mosquitto is installed but did not start or did not accept connections."""
+    """The broker did not start or did not accept connections."""
 
 
 class BrokerMissing(UserError):
@@ -115,15 +125,20 @@ def stop_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
             proc.wait()
 
 
-class MosquittoBroker:
-    """One Mosquitto process whose files live in ``folder`` (created if needed)."""
+_B = TypeVar("_B", bound="BrokerProcess")
 
-    def __init__(self, folder: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 binary: str | None = None) -> None:
+
+class BrokerProcess:
+    """A broker child process whose files live in ``folder``: what Mosquitto and the embedded
+    broker share (free port, start-up poll and retry, stop, kill). Subclasses say how to start it."""
+
+    kind = "broker"
+    log_name = "broker.log"
+
+    def __init__(self, folder: Path, *, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.dir = Path(folder)
         self.host = host
         self.port = port or 0
-        self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -132,11 +147,100 @@ class MosquittoBroker:
 
     @property
     def log_path(self) -> Path:
-        return self.dir / "mosquitto.log"
+        return self.dir / self.log_name
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.dir / f"{self.log_name.split('.')[0]}.stderr"
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self: _B, timeout: float = 10.0) -> _B:
+        """Start the broker and wait until it accepts connections; returns self."""
+        if self.running:
+            return self
+        fixed = bool(self.port)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if not fixed:
+                self.port = free_port(self.host)
+            try:
+                self._start_once(timeout)
+                return self
+            except BrokerError as exc:
+                if fixed or attempt == START_ATTEMPTS or "in use" not in f"{exc} {self._log_tail()}":
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _start_once(self, timeout: float) -> None:
+        command = self.command()
+        if accepts_connections(self.host, self.port, timeout=0.2):  # else the poll below would see that one
+            raise BrokerError(f"{self.host}:{self.port} is already in use by another process: stop it or "
+                              "choose another port")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                         start_new_session=True, preexec_fn=_die_with_parent())
+        if wait_listening(self.proc, self.host, self.port, timeout):
+            return
+        code = self.proc.poll()
+        if code is not None:
+            self.proc = None
+            raise BrokerError(f"{self.kind} exited with code {code} on {self.host}:{self.port}: {self._log_tail()}")
+        self.stop()
+        raise BrokerError(f"{self.kind} did not accept connections on {self.host}:{self.port} within {timeout:g} s: "
+                          f"{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 3) -> str:
+        text = ""
+        for path in (self.stderr_path, self.log_path):
+            with contextlib.suppress(OSError):
+                text += path.read_text(errors="replace")
+        tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+        return " | ".join(tail) or "no output"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, SIGKILL after ``timeout``; always reaped."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_child(proc, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, reaped: a broker crash. ``start()`` brings it back on the same port."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            proc.wait()
+
+    def __enter__(self: _B) -> _B:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class MosquittoBroker(BrokerProcess):
+    """One Mosquitto process whose config, persistence and log live in ``folder``. ``stop()``
+    (SIGTERM) saves its sessions; ``kill()`` loses what changed since the last autosave (5 s)."""
+
+    kind = "mosquitto"
+    log_name = "mosquitto.log"
+
+    def __init__(self, folder: Path, *, host: str = "127.0.0.1", port: int | None = None,
+                 binary: str | None = None) -> None:
+        super().__init__(folder, host=host, port=port)
+        self.binary = binary
+
+    def command(self) -> list[str]:
+        binary = self.binary or find_mosquitto()
+        if binary is None:
+            raise BrokerMissing(f"mosquitto is not installed: {INSTALL_HINT}")
+        return [binary, "-c", str(self.write_config())]
 
     def write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -160,66 +264,26 @@ class MosquittoBroker:
         )
         return conf
 
-    def start(self, timeout: float = 10.0) -> MosquittoBroker:
-        """Start the broker and wait until it accepts connections; returns self."""
-        if self.running:
-            return self
-        binary = self.binary or find_mosquitto()
-        if binary is None:
-            raise BrokerMissing(f"mosquitto is not installed: {INSTALL_HINT}")
-        fixed = bool(self.port)
-        for attempt in range(1, START_ATTEMPTS + 1):
-            if not fixed:
-                self.port = free_port(self.host)
-            try:
-                self._start_once(binary, timeout)
-                return self
-            except BrokerError:
-                if fixed or attempt == START_ATTEMPTS or "in use" not in self._log_tail():
-                    raise
-        raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _start_once(self, binary: str, timeout: float) -> None:
-        conf = self.write_config()
-        with (self.dir / "mosquitto.stderr").open("wb") as err:
-            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                         preexec_fn=_die_with_parent())
-        if wait_listening(self.proc, self.host, self.port, timeout):
-            return
-        code = self.proc.poll()
-        if code is not None:
-            self.proc = None
-            raise BrokerError(f"mosquitto exited with code {code} on {self.host}:{self.port}: {self._log_tail()}")
-        self.stop()
-        raise BrokerError(f"mosquitto did not accept connections on {self.host}:{self.port} within {timeout:g} s: "
-                          f"{self._log_tail()}")
+class EmbeddedBroker(BrokerProcess):
+    """The pure-Python MQTT 5 broker (fleet/embedded_broker.py) as a child process, with its log
+    in ``folder``. Sessions and retained messages live in its memory: ``stop()`` and ``kill()``
+    both lose them (the clients re-subscribe and re-publish on reconnect)."""
 
-    def _log_tail(self, lines: int = 3) -> str:
-        text = ""
-        for path in (self.dir / "mosquitto.stderr", self.log_path):
-            with contextlib.suppress(OSError):
-                text += path.read_text(errors="replace")
-        tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
-        return " | ".join(tail) or "no output"
+    kind = "embedded broker"
+    log_name = "embedded-broker.log"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (Mosquitto saves its state and exits), SIGKILL after ``timeout``; always reaped."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            stop_child(proc, timeout)
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "fleet.embedded_broker", "--host", self.host, "--port", str(self.port),
+                "--log", str(self.log_path.resolve())]
 
-    def kill(self) -> None:
-        """SIGKILL, reaped: a broker crash (nothing saved since the last autosave). ``start()``
-        brings it back on the same port."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        if proc is not None:
-            proc.wait()
 
-    def __enter__(self) -> MosquittoBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def make_broker(kind: str, folder: Path, *, host: str = "127.0.0.1", port: int | None = None) -> BrokerProcess:
+    """``"mosquitto"`` or ``"embedded"``; ``"auto"`` is Mosquitto when installed, else embedded."""
+    if kind == "auto":
+        kind = "mosquitto" if find_mosquitto() is not None else "embedded"
+    if kind == "mosquitto":
+        return MosquittoBroker(folder, host=host, port=port)
+    if kind == "embedded":
+        return EmbeddedBroker(folder, host=host, port=port)
+    raise UserError(f"broker {kind!r} must be one of auto, mosquitto, embedded")

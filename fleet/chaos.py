@@ -10,7 +10,8 @@ Each fault, once the deployment serves its desired replicas::
                         stopped, nothing saved); it is started again from its data dir after fault_s
     cut-link            a serving device's TCP link is cut (proxy closes both sockets) and refused
                         for fault_s
-    broker-restart      kill -9 of Mosquitto, started again on the same port after fault_s
+    broker-restart      kill -9 of the broker (Mosquitto or the embedded one, which loses every
+                        session and retained message), started again on the same port after fault_s
     controller-restart  kill -9 of the controller process, started again after fault_s (SQLite
                         store and artifact dir kept)
     slow-link           every spare device's link (broker → device) throttled to slow_bytes_per_s,
@@ -371,7 +372,7 @@ class ChaosRunner:
         o, f = self.o, self.fleet
         if fault == "broker-restart":
             f.kill_broker()
-            effect = "Mosquitto killed (-9)"
+            effect = "the broker killed (-9)"
         else:
             effect = f"controller pid {f.kill_controller()} killed (-9)"
         time.sleep(o.fault_s)

@@ -5,8 +5,9 @@
 
 What runs, and where (everything is stopped again before ``run_up`` returns, Ctrl-C included)::
 
-    broker        Mosquitto, a child process on 127.0.0.1 and a free port (fleet/broker.py), or
-                  without it the in-process MemoryBroker (this process only)
+    broker        a child process on 127.0.0.1 and a free port (fleet/broker.py): Mosquitto, or
+                  where it is not installed the embedded MQTT 5 broker (fleet/embedded_broker.py);
+                  ``--broker memory`` puts the fleet on the in-process MemoryBroker instead
     controller    fleet.controller.Controller in this process (registry, scheduler, chunk
                   server), with its HTTP API (/v1/status, /metrics) on a free port
     N devices     edge_agent.daemon.Agent in this process, each with its own broker connection,
@@ -21,7 +22,7 @@ What runs, and where (everything is stopped again before ``run_up`` returns, Ctr
                   zones) → HTTP POST /v1/models/digits:predict round-robin over the serving
                   replicas with held-out digits, each answer checked against its label
     with --chaos  the controller runs as a child process instead (fleet/controller_proc.py), each
-                  device reaches Mosquitto through its own TCP proxy (fleet/linkproxy.py), and once
+                  device reaches the broker through its own TCP proxy (fleet/linkproxy.py), and once
                   the deployment serves, fleet/chaos.py injects the faults (fleet/up_chaos.py
                   connects the two); the run ends when the schedule is done
 
@@ -36,9 +37,14 @@ The workdir (default ``.edgectl-up``)::
     run/              broker, controller store and artifacts, device data dirs: replaced by the
                       next run, kept after this one for a look at what happened
 
-Without Mosquitto the fleet lives on the in-process broker, so only this process can reach it
-(`edgectl fleet status` still reads the store). An embedded TCP MQTT 5 broker, so that ``up``
-needs nothing installed and other processes can join, is a later step.
+Without Mosquitto the fleet runs on the embedded broker: a real MQTT 5 broker, so other processes
+(`edgectl fleet status`, an MQTT client, the chaos faults) reach it as they would Mosquitto; it keeps
+its sessions in memory only. With ``--broker memory`` only this process can reach the fleet
+(`edgectl fleet status` still reads the store).
+
+Shutdown stops the controller before the devices: their goodbyes would otherwise make it move
+every replica ("replaced") on the way out. The devices are then marked offline in the store and
+the run's end is logged as an event, so the store says what the fleet looked like when it stopped.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
     from edge_agent.daemon import Agent
     from edgectl.transport.memory import MemoryBroker
-    from fleet.broker import MosquittoBroker
+    from fleet.broker import BrokerProcess
     from fleet.chaos import ChaosOptions, ChaosReport, ChaosRunner
     from fleet.config import FleetConfig
     from fleet.controller import Controller
@@ -78,7 +84,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BuildFailed", "BuiltModel", "ModelBuild", "RequestStats", "UpOptions", "UpReport", "UpStatus",
            "prepare_model", "run_up"]
 
-BROKERS = ("auto", "mosquitto", "memory")
+BROKERS = ("auto", "mosquitto", "embedded", "memory")
 DEPLOYMENT = "digits"
 TICK_S = 0.25  # how often the store is polled: the timeline is this precise
 STATUS_EVERY_S = 0.5  # how often on_status is called
@@ -114,7 +120,7 @@ class UpOptions:
     duration: float | None = None  # seconds from the start; None = until Ctrl-C
     requests_per_s: float = 10.0
     seed: int = 0
-    broker: str = "auto"  # auto (Mosquitto when installed) | mosquitto | memory
+    broker: str = "auto"  # auto (Mosquitto when installed, else embedded) | mosquitto | embedded | memory
     # Faults to inject once the deployment serves (fleet/chaos.py). The controller then runs as a
     # child process and each device reaches the broker through its own proxy (fleet/linkproxy.py);
     # the run ends when the schedule is done (or at ``duration``, whichever comes first).
@@ -130,7 +136,7 @@ class UpOptions:
         if self.broker not in BROKERS:
             raise UserError(f"--broker {self.broker!r} must be one of {', '.join(BROKERS)}")
         if self.chaos is not None and self.broker == "memory":
-            raise UserError("--chaos needs Mosquitto (it restarts the broker and cuts TCP links): "
+            raise UserError("--chaos needs a TCP broker (it restarts the broker and cuts TCP links): "
                             "leave out --broker memory")
 
     @property
@@ -270,10 +276,10 @@ class _Up:
         self.notes: list[str] = []
         self.timeline: dict[str, float] = {}
         self._elock = threading.Lock()
-        self.broker_kind = "memory" if options.broker == "memory" else "mosquitto"
+        self.broker_kind = options.broker  # "auto" is resolved by start_broker()
         self.broker_url: str | None = None
         self.fleet_config: Path | None = None
-        self.mosquitto: MosquittoBroker | None = None
+        self.broker: BrokerProcess | None = None  # Mosquitto or the embedded broker, a child process
         self.memory: MemoryBroker | None = None
         self.controller: Controller | None = None
         self.ctl_proc: ControllerProcess | None = None
@@ -367,23 +373,25 @@ class _Up:
             raise UserError(f"another `edgectl up` is using {self.shown}: stop it, or pass another --workdir") from None
 
     def start_broker(self) -> None:
-        from fleet.broker import INSTALL_HINT, MosquittoBroker, find_mosquitto
+        from fleet.broker import INSTALL_HINT, make_broker
 
-        if self.o.broker == "auto" and find_mosquitto() is None:
-            self.broker_kind = "memory"
-            self.notes.append(f"Mosquitto is not installed, so the fleet used the in-process broker (only this "
-                              f"process could reach it); {INSTALL_HINT} for a real MQTT broker")
-            self.event(self.notes[-1])
+        if self.broker_kind == "auto":
+            self.broker_kind = "mosquitto" if _have_mosquitto() else "embedded"
+            if self.broker_kind == "embedded":
+                self.notes.append(f"Mosquitto is not installed, so the fleet ran on the embedded MQTT 5 broker "
+                                  f"(pure Python, sessions in memory only); {INSTALL_HINT} for a faster one")
+                self.event(self.notes[-1])
         if self.broker_kind == "memory":
             from edgectl.transport.memory import MemoryBroker
 
             self.memory = MemoryBroker()
-            self.event("broker: in-process (MemoryBroker)")
+            self.event("broker: in-process (MemoryBroker; only this process can reach it)")
         else:
-            self.mosquitto = MosquittoBroker(self.run_dir / "broker").start()
-            self.broker_url = self.mosquitto.url
-            pid = self.mosquitto.proc.pid if self.mosquitto.proc is not None else "?"
-            self.event(f"broker: Mosquitto on {self.broker_url} (pid {pid}, files in {self.shown / 'run' / 'broker'})")
+            self.broker = make_broker(self.broker_kind, self.run_dir / "broker").start()
+            self.broker_url = self.broker.url
+            pid = self.broker.proc.pid if self.broker.proc is not None else "?"
+            name = "Mosquitto" if self.broker_kind == "mosquitto" else "embedded MQTT 5 broker"
+            self.event(f"broker: {name} on {self.broker_url} (pid {pid}, files in {self.shown / 'run' / 'broker'})")
         self.mark("broker_ready")
 
     def write_fleet_config(self, http_port: int = 0) -> Path:
@@ -451,11 +459,11 @@ class _Up:
             profile = PROFILES[i % len(PROFILES)]
             labels = {"profile": profile.name, "zone": ZONES[i % len(ZONES)], "site": SITES[i % len(SITES)]}
             url = self.broker_url or "mqtt://127.0.0.1:1883"
-            if self.o.chaos is not None and self.mosquitto is not None:
+            if self.o.chaos is not None and self.broker is not None:
                 from fleet.linkproxy import LinkProxy
 
                 # Its own TCP link to the broker, which a fault can cut, slow down or damage.
-                proxy = self.proxies[device_id] = LinkProxy(self.mosquitto.host, self.mosquitto.port,
+                proxy = self.proxies[device_id] = LinkProxy(self.broker.host, self.broker.port,
                                                             name=device_id).start()
                 url = proxy.url
             cfg = AgentConfig(
@@ -610,29 +618,43 @@ class _Up:
         self._quietly("stop the fault injection", lambda: self.chaos.stop() if self.chaos else None)
         self._quietly("stop the request generator", lambda: self.load.stop() if self.load else None)
         self._quietly("stop the model build", self.build.cancel)
-        threads = [threading.Thread(target=self._quietly, args=(f"stop {a.device_id}", a.stop), name="up-stop")
-                   for a in self.agents]
-        for th in threads:  # in parallel: each waits for its goodbye to be acknowledged
-            th.start()
-        for th in threads:
-            th.join()
+        # The controller first: stopped after the devices, it would see each goodbye as a device
+        # gone and move (mark "replaced") every replica on the way out.
         if self.http is not None:
             self._quietly("stop the controller's HTTP API", self.http.stop)
         if self.controller is not None:
             self._quietly("stop the controller", self.controller.stop)
         if self.ctl_proc is not None:
             self._quietly("stop the controller process", self.ctl_proc.stop)
+        threads = [threading.Thread(target=self._quietly, args=(f"stop {a.device_id}", a.stop), name="up-stop")
+                   for a in self.agents]
+        for th in threads:  # in parallel: each waits for its goodbye to be acknowledged
+            th.start()
+        for th in threads:
+            th.join()
         for proxy in self.proxies.values():
             self._quietly("stop a link proxy", proxy.stop)
         if self.store is not None:
+            self._quietly("mark the run's end in the store", self._mark_end)
             self._quietly("close the store", self.store.close)
-        if self.mosquitto is not None:
-            self._quietly("stop Mosquitto", self.mosquitto.stop)
+        if self.broker is not None:
+            name = "Mosquitto" if self.broker_kind == "mosquitto" else "the embedded broker"
+            self._quietly(f"stop {name}", self.broker.stop)
         if self._lockfile is not None:
             self._lockfile.close()  # releases the lock
         self.mark("stopped")
         self.phase = "stopped"
         self.event(f"stopped everything in {time.monotonic() - t:.1f} s; files kept in {self.shown}")
+
+    def _mark_end(self) -> None:
+        """What the stopped controller can no longer record: the devices went offline with the run."""
+        assert self.store is not None
+        now = time.time()
+        for d in self.store.list_devices():
+            if d.online:
+                self.store.set_online(d.id, False, now)
+        self.store.append_event("stopped", "up", f"`edgectl up` stopped: {len(self.devices)} device(s) offline, "
+                                "placements as they were", now)
 
     def _quietly(self, what: str, fn: Callable[[], object]) -> None:
         try:
@@ -642,14 +664,21 @@ class _Up:
             self.error(f"could not {what}: {exc}")
 
 
+def _have_mosquitto() -> bool:
+    from fleet.broker import find_mosquitto
+
+    return find_mosquitto() is not None
+
+
 def run_up(options: UpOptions, *, on_status: Callable[[UpStatus], None] | None = None) -> UpReport:
     """Start the fleet, deploy the example, send requests until ``options.duration`` or Ctrl-C;
     stop everything; return what happened.
 
-    A failure to start (a missing Mosquitto with ``broker="mosquitto"``, a failed model build, a
-    workdir that is not ours) raises its ``EdgectlError`` once everything is stopped; what goes
-    wrong afterwards (a failed replica, failed requests) is in ``UpReport.errors``. A Ctrl-C
-    (``KeyboardInterrupt``) ends the run and is reported as ``interrupted``, not raised."""
+    A failure to start (a missing Mosquitto with ``broker="mosquitto"``, a broker that does not
+    start, a failed model build, a workdir that is not ours) raises its ``EdgectlError`` once
+    everything is stopped; what goes wrong afterwards (a failed replica, failed requests) is in
+    ``UpReport.errors``. A Ctrl-C (``KeyboardInterrupt``) ends the run and is reported as
+    ``interrupted``, not raised."""
     up = _Up(options, on_status)
     try:
         up.prepare_dirs()

@@ -74,12 +74,12 @@ class UpChaosFleet:
             agent.fetcher.free_space = _no_free_space if full else _real_free_space
 
     def kill_broker(self) -> None:
-        assert self.up.mosquitto is not None
-        self.up.mosquitto.kill()
+        assert self.up.broker is not None
+        self.up.broker.kill()
 
     def start_broker(self) -> None:
-        assert self.up.mosquitto is not None
-        self.up.mosquitto.start()  # its port is known now: the same one again
+        assert self.up.broker is not None
+        self.up.broker.start()  # its port is known now: the same one again
 
     def kill_controller(self) -> int:
         assert self.up.ctl_proc is not None

@@ -3,7 +3,7 @@
     edgectl up                                  # 5 simulated devices, until Ctrl-C
     edgectl up --devices 3 --duration 60 --json # a JSON summary at the end instead of the live view
 
-It starts a broker (Mosquitto when installed, else in-process), the controller and N agents,
+It starts a broker (Mosquitto when installed, else the embedded MQTT 5 broker), the controller and N agents,
 builds the bundled example (cached in the workdir), publishes and deploys it, sends requests
 and shows `edgectl fleet status --watch`'s tables with the run's events underneath. The work is
 ``fleet.up.run_up``; this module renders it. Library logs go to ``WORKDIR/up.log``, not the
@@ -49,7 +49,8 @@ def up_command(
     devices: int = typer.Option(5, "--devices", "-n", help="How many simulated devices (agents) to start."),
     workdir: Path = typer.Option(Path(".edgectl-up"), "--workdir", help="Where the fleet keeps its files."),
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds (default: Ctrl-C)."),
-    broker: str = typer.Option("auto", "--broker", help="auto (Mosquitto when installed), mosquitto or memory."),
+    broker: str = typer.Option("auto", "--broker", help="auto (Mosquitto when installed, else embedded), mosquitto, "
+                               "embedded (the pure-Python MQTT 5 broker) or memory (in-process, no TCP)."),
     rate: float = typer.Option(10.0, "--rate", help="Inference requests per second, over all serving replicas."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end, no live view."),
     chaos: str | None = typer.Option(
@@ -118,7 +119,7 @@ def status_view(st: UpStatus) -> RenderableType:
         stop = "Ctrl-C to stop"
     else:
         stop = f"stops in {max(0.0, st.duration_s - st.elapsed_s):.0f} s (Ctrl-C stops now)"
-    where = f"Mosquitto {st.broker_url}" if st.broker_url else "in-process broker"
+    where = _broker_name(st.broker, st.broker_url)
     head = (f"[bold]edgectl up[/] · {len(st.devices)} devices · {escape(where)} · {st.elapsed_s:.0f} s · "
             f"[cyan]{escape(PHASES.get(st.phase, st.phase))}[/] · [dim]{stop}[/]")
     parts: list[RenderableType] = [head, ""]
@@ -137,10 +138,15 @@ def requests_text(r: RequestStats) -> str:
     return f"{r.sent} sent, {r.ok} ok, {r.correct} correct{acc}, {r.failed} failed{lat}"
 
 
+def _broker_name(kind: str, url: str | None) -> str:
+    name = {"mosquitto": "Mosquitto", "embedded": "embedded broker"}.get(kind)
+    return f"{name} {url}" if name and url else "the in-process broker"
+
+
 def summary_lines(report: UpReport) -> list[str]:
     """The plain-text end of a run: what ran, when it served, how the requests went, what failed."""
     t = report.timeline
-    where = f"Mosquitto {report.broker_url}" if report.broker_url else "the in-process broker"
+    where = _broker_name(report.broker, report.broker_url)
     why = "Ctrl-C" if report.interrupted else "--duration"
     lines = [f"edgectl up: {len(report.devices)} device(s) on {where}, ran {report.duration_s:.1f} s (until {why})"]
     if report.model is not None:

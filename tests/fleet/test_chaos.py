@@ -1,6 +1,6 @@
-"""`edgectl up --chaos`: every fault against a real fleet (Mosquitto, the controller as a child
-process, in-process agents behind their own TCP proxies), the report's invariants, and the exit
-code when one fails.
+"""`edgectl up --chaos`: every fault against a real fleet (Mosquitto, or for the broker restart the
+embedded broker; the controller as a child process, in-process agents behind their own TCP
+proxies), the report's invariants, and the exit code when one fails.
 
 One fleet runs every fault once (``slow``: about a minute and a half); the everyday tests run one
 fault each through the CLI. The example model is built once for the module.
@@ -45,20 +45,24 @@ def test_schedules_are_parsed_and_seeded() -> None:
     for bad in ("", "kill-all", "random:x", "random:0"):
         with pytest.raises(UserError, match="--chaos"):
             parse_chaos(bad, 0)
-    with pytest.raises(UserError, match="needs Mosquitto"):
+    with pytest.raises(UserError, match="needs a TCP broker"):
         UpOptions(broker="memory", chaos=ChaosOptions(("kill-device",)))
 
 
 # --- one fault per run, through the CLI ----------------------------------------------------------
 
 @pytest.mark.mqtt
-@pytest.mark.parametrize("fault", ["kill-device", "controller-restart"])
-def test_cli_injects_one_fault_and_reports_it(workdir: Path, fault: str) -> None:
+@pytest.mark.parametrize(("fault", "broker"), [("kill-device", "mosquitto"), ("controller-restart", "mosquitto"),
+                                               ("broker-restart", "embedded")])
+def test_cli_injects_one_fault_and_reports_it(workdir: Path, fault: str, broker: str) -> None:
+    # The embedded broker keeps sessions and retained messages in memory: its kill -9 loses them
+    # all, and the fleet must still come back (agents re-announce, the controller re-publishes).
     children = _children()
     result = CliRunner().invoke(app, ["up", "--devices", "3", "--chaos", fault, "--fault-seconds", "2", "--json",
-                                      "--workdir", str(workdir)])
+                                      "--broker", broker, "--workdir", str(workdir)])
     doc = json.loads(result.stdout)
     assert result.exit_code == 0, json.dumps(doc["chaos"], indent=1)
+    assert doc["broker"] == broker
     chaos = doc["chaos"]
     assert chaos["ok"] and chaos["schedule"] == [fault] and len(chaos["faults"]) == 1
     f = chaos["faults"][0]

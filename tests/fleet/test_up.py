@@ -1,5 +1,6 @@
-"""`edgectl up` end to end: a real Mosquitto, controller and agents in this process, the bundled
-example deployed and answering; afterwards nothing of it may be left running.
+"""`edgectl up` end to end: a real broker (Mosquitto, or the embedded one), controller and agents in
+this process, the bundled example deployed and answering; afterwards nothing of it may be left
+running, and the store says what the fleet looked like when it stopped.
 
 The example model is built once for the module (``prepare_model``: the same child processes
 ``run_up`` starts), so each run below starts from the cache, as a second `edgectl up` would.
@@ -17,13 +18,15 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from edgectl import wire
 from edgectl.cli import app
 from edgectl.errors import UserError
-from fleet.broker import BrokerMissing, accepts_connections
+from edgectl.transport.mqtt import MqttSettings, MqttTransport
+from fleet.broker import BrokerMissing, EmbeddedBroker, accepts_connections
 from fleet.config import load_fleet_config
 from fleet.ops import status
 from fleet.store import open_store
-from fleet.up import UpOptions, UpReport, _Up, prepare_model, run_up
+from fleet.up import UpOptions, UpReport, UpStatus, _Up, prepare_model, run_up
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,23 @@ def _assert_served(report: UpReport, devices: int) -> None:
     assert sum(report.requests.by_device.values()) == report.requests.ok
 
 
+def _assert_store_truthful(report: UpReport) -> None:
+    """The replicas stay where they served (the controller stopped before the devices, so it did
+    not move them on the way out), every device is offline, and the run's end is logged."""
+    assert report.fleet_config is not None
+    store = open_store(load_fleet_config(report.fleet_config).store_url)
+    try:
+        devices = status(store)["devices"]
+        placed = sorted(p.device for p in store.list_placements(report.deployment))
+        events = store.list_events(limit=1000)
+    finally:
+        store.close()
+    assert [d["id"] for d in devices] == [d.id for d in report.devices] and not any(d["online"] for d in devices)
+    assert placed == sorted(report.serving), (placed, report.serving)
+    assert [e.message for e in events if e.kind == "replaced"] == []
+    assert events[-1].kind == "stopped", events[-1]
+
+
 def _assert_nothing_left(report: UpReport, threads_before: set[threading.Thread], children_before: set[int]) -> None:
     assert _new_children(children_before) == []  # no mosquitto, no probe, no build
     assert _leftover_threads(threads_before) == []
@@ -88,14 +108,30 @@ def test_up_runs_a_fleet_on_mosquitto_and_leaves_nothing_running(workdir: Path) 
     assert report.timeline["devices_online"] <= report.timeline["deployed"] < report.first_serving_s
     assert {"starting", "serving", "stopped"} <= set(seen)
     _assert_nothing_left(report, before, children)
-    # The fleet's store stays behind for a look with the ordinary commands.
-    assert report.fleet_config is not None
-    store = open_store(load_fleet_config(report.fleet_config).store_url)
-    try:
-        devices = status(store)["devices"]
-    finally:
-        store.close()
-    assert [d["id"] for d in devices] == ["dev-01", "dev-02", "dev-03"] and not any(d["online"] for d in devices)
+    _assert_store_truthful(report)  # the fleet's store stays behind for a look with the ordinary commands
+
+
+def test_up_runs_a_fleet_on_the_embedded_broker_that_other_processes_reach(workdir: Path) -> None:
+    before, children = set(threading.enumerate()), _children()
+    states: list[str] = []
+
+    def look_from_outside(st: UpStatus) -> None:
+        # Another MQTT client (any process could be this one) sees the devices' retained states.
+        if st.phase != "serving" or states or st.broker_url is None:
+            return
+        seen = threading.Event()
+        t = MqttTransport(MqttSettings(url=st.broker_url, client_id="outsider"))
+        t.subscribe(wire.state_topic("+"), lambda m: (states.append(m.topic), len(states) >= 3 and seen.set()))
+        t.start()
+        seen.wait(20)
+        t.stop()
+
+    report = run_up(UpOptions(devices=3, duration=20, workdir=workdir, broker="embedded"), on_status=look_from_outside)
+    assert report.broker == "embedded" and report.broker_url is not None and report.notes == ()
+    assert sorted(states) == [wire.state_topic(f"dev-0{i}") for i in (1, 2, 3)]
+    _assert_served(report, 3)
+    _assert_nothing_left(report, before, children)
+    _assert_store_truthful(report)
 
 
 @pytest.mark.mqtt
@@ -117,20 +153,25 @@ def test_up_on_the_memory_broker(workdir: Path) -> None:
     report = run_up(UpOptions(devices=2, duration=10, workdir=workdir, broker="memory"))
     assert report.broker == "memory" and report.broker_url is None
     _assert_served(report, 2)
+    _assert_store_truthful(report)
     _assert_nothing_left(report, before, children)
 
 
-def test_auto_falls_back_to_the_memory_broker_without_mosquitto(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_to_the_embedded_broker_without_mosquitto(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fleet.broker.find_mosquitto", lambda: None)
     children = _children()
     up = _Up(UpOptions(devices=1, workdir=tmp_path, broker="auto"), None)
     up.prepare_dirs()
     up.start_broker()
-    assert up.broker_kind == "memory" and up.memory is not None and up.mosquitto is None
-    assert any("apt-get install mosquitto" in e for e in up.events), up.events
+    assert up.broker_kind == "embedded" and isinstance(up.broker, EmbeddedBroker) and up.memory is None
+    assert up.broker_url is not None and up.broker_url == up.broker.url and up.broker.running
+    assert any("embedded MQTT 5 broker" in e and "apt-get install mosquitto" in e for e in up.events), up.events
     assert len(up.notes) == 1 and "apt-get install mosquitto" in up.notes[0]
+    config = load_fleet_config(up.write_fleet_config())
+    assert config.broker_url == up.broker_url  # `edgectl fleet …` from another terminal reaches it
     up.stop()  # a half-started run stops too (and releases the workdir)
+    assert not accepts_connections(up.broker.host, up.broker.port)
     # Asked for by name, a missing Mosquitto is an error that says how to install it.
     with pytest.raises(BrokerMissing, match="apt-get install mosquitto"):
         run_up(UpOptions(devices=1, workdir=tmp_path, broker="mosquitto"))
