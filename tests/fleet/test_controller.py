@@ -169,9 +169,12 @@ def test_metrics_and_status_over_http(fleet, digits_artifacts) -> None:
 
 def test_sustained_overload_moves_a_replica_with_hysteresis(tmp_path: Path, digits_artifacts) -> None:
     from fleet.config import OverloadConfig
+    from fleet.scheduler import DEFAULTS
 
     f = MemoryFleet(tmp_path, digits_artifacts.public_key)
-    ctl = Controller(f.fleet_config(overload=OverloadConfig(cpu_percent=80, window_s=0.5, cooldown_s=60)),
+    # The fake devices' CPU is what the test says: the scheduler's CPU filter (90 %) is back on.
+    ctl = Controller(f.fleet_config(overload=OverloadConfig(cpu_percent=80, window_s=0.5, cooldown_s=60),
+                                    scheduler=DEFAULTS),
                      transport=MemoryTransport(f.broker, "controller"))
     ctl.start()
     fake = MemoryTransport(f.broker, "fakes")
