@@ -2,7 +2,8 @@
 
     devices/+/state ─────► upsert device, online/offline (the last will is instant) ─┐
     devices/+/telemetry ─► batched ingest every 0.5 s (resources, measured p95/memory) ├─► wake
-    devices/+/report ────► placement state (downloading … serving | failed)          ─┘
+    devices/+/report ────► batched at once: placement state (downloading … serving |  │
+                           failed), one transaction per batch, wake after its commit ─┘
                                                                                       │
     reconcile pass (on wake, or every reconcile_interval_s):                          ▼
       missed heartbeats → offline · snapshot (one read) · per deployment: unbind replicas on
@@ -10,7 +11,16 @@
       above the failure rate) → scale (schedule what is missing, drop the surplus) · commit the
       plan in one transaction · for each device whose placements changed: generation (same
       content → same generation) and the retained desired state
-    artifacts/get (shared subscription) ─► ChunkServer from the artifact store
+    artifacts/get (shared subscription) ─► ChunkServer from the artifact store, on its own thread
+
+The transport's dispatcher thread only parses and queues (an offline state is the exception:
+it is written at once). Reports are committed by the ingest thread as soon as one is queued,
+everything queued meanwhile in the same transaction, in arrival order (so one device's reports
+keep their order); the reconcile loop is woken only after that commit, so the pass it runs sees
+the new states. A report about a placement that is gone, or about another artifact than the one
+bound now, is skipped. What kill -9 loses: messages already acknowledged to the broker and not
+yet committed (the transport's queue, the batch being written), as before batching; a device
+re-reports on its next desired state.
 
 All state lives in the store; what this process keeps (the ClusterView's caches, the digests of
 what it last published, overload timers) is rebuilt from the store after a restart, and
@@ -42,8 +52,8 @@ from fleet.config import FleetConfig
 from fleet.model import DeploymentSpec, Device, Placement
 from fleet.ops import FAILED, HEALTHY
 from fleet.scheduler import ClusterView, Planner, schedule, variant_for
-from fleet.store import NotFound, Store, open_store
-from fleet.store.base import Rollout, Snapshot, StoreError, TelemetryItem
+from fleet.store import Store, open_store
+from fleet.store.base import APPLIED, ReportItem, Rollout, Snapshot, StoreError, TelemetryItem
 
 log = logging.getLogger(__name__)
 TELEMETRY_FLUSH_S = 0.5
@@ -94,6 +104,10 @@ class Controller:
         self._stop = threading.Event()
         self._telemetry: list[TelemetryItem] = []
         self._tlock = threading.Lock()
+        self._reports: list[ReportItem] = []
+        self._rlock = threading.Lock()  # guards _reports
+        self._rflush = threading.Lock()  # one report batch at a time: batches commit in arrival order
+        self._ingest_wake = threading.Event()  # a report is queued: flush now, not at the next tick
         self._states: dict[str, tuple[wire.DeviceState, float]] = {}  # online states to apply, newest per device
         self._slock = threading.Lock()
         self._apply = threading.RLock()  # a device's will must not land before its queued online state
@@ -123,9 +137,15 @@ class Controller:
     def stop(self) -> None:
         self._stop.set()
         self.wake.set()
+        self._ingest_wake.set()
         for t in self._threads:
             t.join(timeout=10)
         self.transport.stop()
+        self.chunks.stop()
+        # Nothing arrives any more: what is queued is stored, so a clean stop loses no report.
+        self.flush_reports()
+        self.flush_states()
+        self.flush_telemetry()
         self.store.close()
 
     def _on_connection(self, up: bool) -> None:
@@ -216,30 +236,65 @@ class Controller:
             self._telemetry.append(item)
 
     def _on_report(self, msg: Message) -> None:
+        """Queued for the ingest thread: a commit here would hold up every other handler."""
         self.counters.messages += 1
         parsed = wire.device_from_topic(msg.topic)
         if parsed is None:
             return
         try:
             r = wire.parse_report(msg.payload, parsed[0])
-            if r.state == "removed":
-                return  # the placement is gone already: nothing to record
-            changed = self.store.set_placement_state(r.deployment, r.device, r.state, r.reason, self.clock(),
-                                                     manifest_sha256=r.manifest_sha256)
-        except NotFound:
-            return  # a report about a placement already gone (removed, re-placed)
-        except (wire.WireError, StoreError) as exc:
+        except wire.WireError as exc:
             self._drop(msg, exc)
             return
-        if changed and r.state in FAILED:
-            self.store.append_event(r.state, r.deployment, f"{r.device}: {r.reason or r.state}", self.clock())
-        if changed and r.state in (HEALTHY, *FAILED):
+        if r.state == "removed":
+            return  # the placement is gone already: nothing to record
+        item = ReportItem(r.deployment, r.device, r.state, r.reason, self.clock(), r.manifest_sha256)
+        with self._rlock:
+            self._reports.append(item)
+        self._ingest_wake.set()
+
+    def flush_reports(self) -> None:
+        """Store every queued report in one transaction, then wake the reconcile loop if a
+        replica came up or went down (after the commit: the pass must see the new state)."""
+        with self._rflush:
+            with self._rlock:
+                batch, self._reports = self._reports, []
+            if not batch:
+                return
+            try:
+                with self.store.atomic():
+                    outcomes = self.store.record_reports(batch)
+                    applied = [it for it, outcome in zip(batch, outcomes, strict=True) if outcome == APPLIED]
+                    for it in applied:
+                        if it.state in FAILED:
+                            self.store.append_event(it.state, it.deployment, f"{it.device}: {it.reason or it.state}",
+                                                    it.ts)
+            except StoreError as exc:
+                # Locked by another writer, disk full: keep them (in order) for the next tick.
+                log.error("%d placement reports not stored yet: %s", len(batch), exc)
+                with self._rlock:
+                    self._reports[:0] = batch
+                return
+        if any(it.state in (HEALTHY, *FAILED) for it in applied):
             self.wake.set()  # a replica came up or went down: rollouts and scaling move on
 
     def _ingest_loop(self) -> None:
-        while not self._stop.wait(TELEMETRY_FLUSH_S):
-            self.flush_states()
-            self.flush_telemetry()
+        """Reports as soon as they come (each batch is what arrived while the last one was being
+        written); online states and telemetry every TELEMETRY_FLUSH_S."""
+        next_tick = time.monotonic() + TELEMETRY_FLUSH_S
+        while not self._stop.is_set():
+            self._ingest_wake.wait(max(0.0, next_tick - time.monotonic()))
+            self._ingest_wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.flush_reports()
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TELEMETRY_FLUSH_S
+                    self.flush_states()
+                    self.flush_telemetry()
+            except Exception:  # the loop must outlive a bug in one batch
+                log.exception("ingest failed")
 
     def flush_telemetry(self) -> None:
         with self._tlock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,53 @@ def test_never_replies_outside_the_reply_prefix(rig, tmp_path: Path, reply_to: s
     while not replies.empty():
         seen.append(replies.get().topic)
     assert seen == [wire.CHUNK_REQUEST_TOPIC]
+
+
+def test_a_chunk_asked_again_comes_from_the_cache(rig, tmp_path: Path) -> None:
+    _broker, store, server, client, replies = rig
+    src = tmp_path / "f"
+    src.write_bytes(os.urandom(5000))
+    sha = store.put_file(src)
+    answers = []
+    for _ in range(2):
+        _ask(client, wire.chunk_request_message(wire.ChunkRequest(sha, 0, 4096)), wire.chunk_reply_topic("dev-1"))
+        msg = _reply(replies)
+        answers.append((msg.payload, msg.user_properties))
+    assert answers[0] == answers[1] and answers[0][0] == src.read_bytes()[:4096]
+    assert server._cache.hits == 1 and server.served == 2
+
+
+def test_a_reply_waiting_for_the_link_does_not_hold_up_other_handlers(tmp_path: Path) -> None:
+    """Chunks are answered on the server's thread: the transport's dispatcher stays free."""
+    release = threading.Event()
+
+    class Stuck(ChunkServer):
+        def _reply(self, msg: Message, payload: bytes, props: tuple[tuple[str, str], ...]) -> None:
+            release.wait(10)
+            super()._reply(msg, payload, props)
+
+    broker = MemoryBroker()
+    server_t = MemoryTransport(broker, "controller")
+    other: queue.Queue[Message] = queue.Queue()
+    server_t.subscribe(f"{wire.PREFIX}/devices/+/report", other.put)
+    store = ArtifactStore(tmp_path / "store")
+    src = tmp_path / "f"
+    src.write_bytes(b"x" * 100)
+    sha = store.put_file(src)
+    server = Stuck(server_t, store)
+    server.start()
+    server_t.start()
+    client = MemoryTransport(broker, "dev-1")
+    client.start()
+    try:
+        _ask(client, wire.chunk_request_message(wire.ChunkRequest(sha, 0, 10)), wire.chunk_reply_topic("dev-1"))
+        client.publish(wire.report_topic("dev-1"), b"{}")
+        assert other.get(timeout=5).topic == wire.report_topic("dev-1")  # while the reply is stuck
+    finally:
+        release.set()
+        server.stop()
+        client.stop()
+        server_t.stop()
 
 
 def test_store_is_content_addressed_and_rejects_bad_names(tmp_path: Path) -> None:
