@@ -17,7 +17,10 @@ The server answers on a thread of its own, not on the transport's dispatcher thr
 reply may wait for the in-flight window, and the controller's other handlers (states,
 telemetry, reports) must not queue behind 5 GB of chunks, nor chunks behind them. A rollout
 asks every device for the same chunks, so the last ones served are kept with their hash
-(``cache_bytes``): each is read and hashed once, not once per device.
+(``cache_bytes``): each is read and hashed once, not once per device. A request that is already
+queued (a device re-sends with the same correlation data when an answer is late, and answers go
+to the same reply topic) is not queued twice: under load, answering every re-send would double
+the work just when the server is behind, and make more requests late.
 """
 
 from __future__ import annotations
@@ -174,9 +177,12 @@ class ChunkServer:
         self._cache = _ChunkCache(cache_bytes)
         self._lock = threading.Lock()
         self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queued: set[tuple[str, bytes | None, bytes]] = set()  # (reply topic, correlation, request)
+        self._qlock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.served = 0
         self.refused = 0
+        self.duplicates = 0  # re-sent requests dropped because the first one was still queued
 
     def start(self) -> None:
         if self._thread is None:
@@ -218,11 +224,19 @@ class ChunkServer:
             self.refused += 1
             log.warning("chunk request without a reply topic under %s dropped", REPLY_PREFIX)
             return
+        key = _key(msg)
+        with self._qlock:
+            if key in self._queued:
+                self.duplicates += 1
+                return
+            self._queued.add(key)
         self._requests.put(msg)
 
     def _serve_loop(self) -> None:
         while (msg := self._requests.get()) is not _STOP:
             assert isinstance(msg, Message)
+            with self._qlock:
+                self._queued.discard(_key(msg))  # from now on a re-send is answered again
             try:
                 self._serve(msg)
             except Exception:  # the thread must outlive a bug in one request
@@ -259,3 +273,7 @@ class ChunkServer:
             if req.offset > size:
                 raise ArtifactStoreError(f"offset {req.offset} is past the end of blob {req.sha256[:12]}… ({size} B)")
             return os.pread(fd, req.length, req.offset), size
+
+
+def _key(msg: Message) -> tuple[str, bytes | None, bytes]:
+    return msg.response_topic or "", msg.correlation_data, msg.payload

@@ -117,6 +117,7 @@ class Controller:
         self._digests: dict[str, str] = {}  # device → digest of the desired state last published
         self._unplaced_note: dict[str, str] = {}  # deployment → last "unplaced" reason logged as an event
         self._threads: list[threading.Thread] = []
+        self._pass_events: list[tuple[str, str, str, float]] = []  # written with the pass's plan
         # Overload timers: soft state from telemetry; after a restart the windows start again.
         self._over_since: dict[str, float] = {}
         self._cooldown: dict[str, float] = {}
@@ -363,13 +364,24 @@ class Controller:
                                            rollouts.get(spec.name), now, relieve)
             except StoreError as exc:
                 log.error("reconcile of %s failed: %s", spec.name, exc)
-        if planner.binds or planner.unbinds:
-            self.store.commit(planner.binds, planner.unbinds)
-            snap = self.store.snapshot()
+        events, self._pass_events = self._pass_events, []
+        if planner.binds or planner.unbinds or events:
+            # The plan and what it says about itself in one transaction: a thousand placements
+            # were two thousand commits (fsyncs) before the first desired state went out.
+            with self.store.atomic():
+                self.store.commit(planner.binds, planner.unbinds)
+                for kind, subject, message, ts in events:
+                    self.store.append_event(kind, subject, message, ts)
+            if planner.binds or planner.unbinds:
+                snap = self.store.snapshot()
         self._publish_desired(snap)
         self._last_full = now
         self.counters.passes += 1
         self.counters.last_pass_s = time.perf_counter() - t0
+
+    def _event(self, kind: str, subject: str, message: str, ts: float) -> None:
+        """An event of this pass: stored with its plan (see ``reconcile_once``)."""
+        self._pass_events.append((kind, subject, message, ts))
 
     def _update_overload(self, now: float) -> set[str]:
         """Devices whose CPU stayed over the threshold for the whole window (and are not cooling
@@ -395,7 +407,7 @@ class Controller:
             if dev is None or not dev.online or dev.draining:
                 why = "gone" if dev is None else "draining" if dev.draining else "offline"
                 planner.unbind(p)
-                self.store.append_event("replaced", spec.name, f"{p.device} is {why}: its replica moves", now)
+                self._event("replaced", spec.name, f"{p.device} is {why}: its replica moves", now)
                 continue
             if p.device in relieve and spec.replicas is not None and spare:
                 # One replica per overloaded device per window: move it, then let the device cool.
@@ -403,7 +415,7 @@ class Controller:
                 self._cooldown[p.device] = now + self.cfg.overload.cooldown_s
                 self._over_since.pop(p.device, None)
                 planner.unbind(p)
-                self.store.append_event("moved", spec.name, f"{p.device}: CPU {dev.cpu_percent:.0f} % for "
+                self._event("moved", spec.name, f"{p.device}: CPU {dev.cpu_percent:.0f} % for "
                                         f"{self.cfg.overload.window_s:g} s; its replica moves", now)
                 continue
             alive.append(p)
@@ -417,13 +429,13 @@ class Controller:
             self.counters.decisions += len(decision.choices)
             for c in decision.choices:
                 what = f"{c.device}: {c.variant.file} (v{c.variant.version}), score {c.score:.2f}"
-                self.store.append_event("placed", spec.name, what, now)
+                self._event("placed", spec.name, what, now)
             if want is not None and decision.unplaced:
                 self.counters.unplaced += decision.unplaced
                 note = f"{decision.unplaced} replica(s) not placed: {decision.reason_summary}"
                 if self._unplaced_note.get(spec.name) != note:
                     self._unplaced_note[spec.name] = note
-                    self.store.append_event("unplaced", spec.name, note, now)
+                    self._event("unplaced", spec.name, note, now)
             elif spec.name in self._unplaced_note and not decision.unplaced:
                 del self._unplaced_note[spec.name]
         elif want is not None and need < 0:
@@ -431,7 +443,7 @@ class Controller:
             surplus = sorted(healthy, key=lambda p: (p.state == HEALTHY, -p.since))[: -need]
             for p in surplus:
                 planner.unbind(p)
-                self.store.append_event("scaled_down", spec.name, f"{p.device}: more replicas than desired", now)
+                self._event("scaled_down", spec.name, f"{p.device}: more replicas than desired", now)
 
     def _rollout_step(self, spec: DeploymentSpec, alive: list[Placement], snap: Snapshot, view: ClusterView,
                       planner: Planner, r: Rollout, now: float) -> bool:
@@ -451,12 +463,12 @@ class Controller:
             with self.store.atomic():
                 self.store.update_deployment(dataclasses.replace(spec, version=r.from_version))
                 self.store.update_rollout(r.id, ts=now, state="rolled_back", reason=reason)
-            self.store.append_event("rolled_back", spec.name, f"v{r.to_version} → v{r.from_version}: {reason}", now)
+            self._event("rolled_back", spec.name, f"v{r.to_version} → v{r.from_version}: {reason}", now)
             return True
         if not old:
             if all(p.state == HEALTHY for p in new):
                 self.store.update_rollout(r.id, ts=now, state="done", reason=None)
-                self.store.append_event("rollout_done", spec.name, f"every replica runs v{r.to_version}", now)
+                self._event("rollout_done", spec.name, f"every replica runs v{r.to_version}", now)
             return False
         in_flight = [p for p in new if p.state not in (HEALTHY, *FAILED)]
         total = len(alive)
@@ -480,6 +492,7 @@ class Controller:
         by_device: dict[str, list[Placement]] = {}
         for p in snap.placements:
             by_device.setdefault(p.device, []).append(p)
+        todo: list[tuple[str, tuple[wire.Deployment, ...], str]] = []
         for device in sorted(set(by_device) | set(snap.generations) | set(self._digests)):
             deployments = tuple(
                 wire.Deployment(p.deployment, p.variant.manifest_sha256, p.variant.manifest_size, p.variant.file)
@@ -487,9 +500,14 @@ class Controller:
             )
             digest = hashlib.sha256(json.dumps(
                 [(d.name, d.manifest_sha256, d.variant) for d in deployments]).encode()).hexdigest()
-            if self._digests.get(device) == digest:
-                continue
-            generation = self.store.bump_generation(device, digest)  # same content → same generation
+            if self._digests.get(device) != digest:
+                todo.append((device, deployments, digest))
+        if not todo:
+            return
+        with self.store.atomic():  # one transaction for the generations, not one per device
+            generations = [self.store.bump_generation(device, digest) for device, _, digest in todo]
+        for (device, deployments, digest), generation in zip(todo, generations, strict=True):
+            # (Same content → same generation: a desired state not published now keeps its number.)
             try:
                 self.transport.publish(wire.desired_topic(device),
                                        wire.desired_message(wire.Desired(generation, deployments)), retain=True)

@@ -13,6 +13,7 @@ from edgectl import wire
 from edgectl.transport.base import Message
 from edgectl.transport.memory import MemoryBroker, MemoryTransport
 from fleet.artifacts import ArtifactStore, ArtifactStoreError, ChunkServer
+from tests.fleet.fleet_rig import wait_until
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_a_chunk_asked_again_comes_from_the_cache(rig, tmp_path: Path) -> None:
     assert server._cache.hits == 1 and server.served == 2
 
 
-def test_a_reply_waiting_for_the_link_does_not_hold_up_other_handlers(tmp_path: Path) -> None:
+def test_a_stuck_reply_holds_up_no_other_handler_and_re_sends_are_queued_once(tmp_path: Path) -> None:
     """Chunks are answered on the server's thread: the transport's dispatcher stays free."""
     release = threading.Event()
 
@@ -125,9 +126,16 @@ def test_a_reply_waiting_for_the_link_does_not_hold_up_other_handlers(tmp_path: 
     client = MemoryTransport(broker, "dev-1")
     client.start()
     try:
-        _ask(client, wire.chunk_request_message(wire.ChunkRequest(sha, 0, 10)), wire.chunk_reply_topic("dev-1"))
+        ask = wire.chunk_request_message(wire.ChunkRequest(sha, 0, 10))
+        _ask(client, ask, wire.chunk_reply_topic("dev-1"))
         client.publish(wire.report_topic("dev-1"), b"{}")
         assert other.get(timeout=5).topic == wire.report_topic("dev-1")  # while the reply is stuck
+        wait_until("the first request taken off the queue", lambda: server.queued == 0, timeout=5)
+        # The device re-sends twice while the first answer is stuck: one copy is queued, not two.
+        _ask(client, ask, wire.chunk_reply_topic("dev-1"))
+        _ask(client, ask, wire.chunk_reply_topic("dev-1"))
+        assert broker.drain(5)
+        assert server.duplicates == 1 and server.queued == 1
     finally:
         release.set()
         server.stop()
