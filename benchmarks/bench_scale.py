@@ -105,7 +105,7 @@ class Sims:
     """The simulator processes and their latest stats line each."""
 
     def __init__(self, n: int, port: int, data: Path, trusted: Path, telemetry_s: float, window: int,
-                 fetch_timeout: float) -> None:
+                 fetch_timeout: float, installers: int) -> None:
         self.n = n
         self.procs: list[subprocess.Popen[str]] = []
         self.stats: list[dict[str, Any]] = []
@@ -118,7 +118,8 @@ class Sims:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks._simfleet", "--port", str(port), "--first", str(first),
                  "--count", str(size), "--data", str(data), "--trusted", str(trusted), "--telemetry-s",
-                 str(telemetry_s), "--window", str(window), "--fetch-timeout", str(fetch_timeout)],
+                 str(telemetry_s), "--window", str(window), "--fetch-timeout", str(fetch_timeout),
+                 "--installers", str(installers)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
             self.procs.append(proc)
             self.stats.append({})
@@ -269,6 +270,8 @@ def main() -> None:
     ap.add_argument("--telemetry-s", type=float, default=10.0)
     ap.add_argument("--window", type=int, default=16, help="the devices' chunk window (agent default 16)")
     ap.add_argument("--fetch-timeout", type=float, default=10.0, help="per chunk (agent default 10 s)")
+    ap.add_argument("--installers", type=int, default=64,
+                    help="install threads per simulator process (see benchmarks/_simfleet.py)")
     ap.add_argument("--ingest-s", type=float, default=30.0)
     ap.add_argument("--rollout-timeout", type=float, default=300.0)
     ap.add_argument("--profile", action="store_true")
@@ -286,7 +289,11 @@ def main() -> None:
     build = ModelBuild(CACHE)
     built = build.run()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    broker = Mosquitto(tmp / "mosquitto", extra_conf="max_connections -1\n")
+    # The tests' broker saves its persistence file every second (so a broker kill in a test loses
+    # little); with 1,000 devices fetching at once that file holds every queued chunk reply
+    # (700 MB seen) and rewriting it each second stalled Mosquitto, its acks and the rollout.
+    # Here it saves at Mosquitto's default interval, as a production broker would.
+    broker = Mosquitto(tmp / "mosquitto", extra_conf="max_connections -1\nautosave_interval 1800\n")
     ctl: ControllerProcess | None = None
     sims: Sims | None = None
     results: dict[str, Any] = {"devices": n}
@@ -322,7 +329,8 @@ def main() -> None:
         data = tmp / "devices"
         data.mkdir()
         t0 = time.monotonic()
-        sims = Sims(n, broker.port, data, build.public_key, args.telemetry_s, args.window, args.fetch_timeout)
+        sims = Sims(n, broker.port, data, build.public_key, args.telemetry_s, args.window, args.fetch_timeout,
+                    args.installers)
         s = sims
         assert broker.proc is not None
         procs = {"controller": psutil.Process(ctl.pid), "broker": psutil.Process(broker.proc.pid)}
