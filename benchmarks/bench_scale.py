@@ -2,11 +2,14 @@
 
     .venv/bin/python -m benchmarks.bench_scale [--devices 1000] [--quick] [--no-rollout] [--trials 20]
                                                [--artifact-mb 5] [--telemetry-s 10] [--profile]
+                                               [--installers 64]
 
-Real processes on this machine: Mosquitto (tests/mosquitto.py), the controller (``edgectl fleet
-serve``, SQLite store) and the devices in ``benchmarks/_simfleet.py`` processes (at most 5,000 a
-process, one MQTT 5 connection each; see there for what a simulated device does and leaves out:
-the agent's real fetch and verify path, no probe, no runtime). Measured, in this order:
+Real processes on this machine: Mosquitto (tests/mosquitto.py, saving its sessions at the default
+interval rather than the tests' every second), the controller (``edgectl fleet serve``, SQLite
+store) and the devices in ``benchmarks/_simfleet.py`` processes (at most 5,000 a process, one
+MQTT 5 connection each; see there for what a simulated device does and leaves out: the agent's
+real fetch and verify path, no probe, no runtime; installs share ``--installers`` threads a
+process). Measured, in this order:
 
     start-up    from starting the device processes until every device is connected (the
                 simulators' count), online in the store, and reporting (its telemetry stored)

@@ -18,9 +18,12 @@ it is written at once). Reports are committed by the ingest thread as soon as on
 everything queued meanwhile in the same transaction, in arrival order (so one device's reports
 keep their order); the reconcile loop is woken only after that commit, so the pass it runs sees
 the new states. A report about a placement that is gone, or about another artifact than the one
-bound now, is skipped. What kill -9 loses: messages already acknowledged to the broker and not
-yet committed (the transport's queue, the batch being written), as before batching; a device
-re-reports on its next desired state.
+bound now, is skipped. What kill -9 loses: reports the transport has acknowledged to the broker
+(paho acks on receipt) and not committed yet: its queue and the batch being written, as before
+batching, when the queue was the longer one. The agent does not re-report after a controller
+restart (its connection did not drop, and the desired state comes back with the same
+generation): such a placement shows its last stored state until the device's desired state next
+changes. Acknowledging reports only after their commit would close this (MQTT 5 manual acks).
 
 All state lives in the store; what this process keeps (the ClusterView's caches, the digests of
 what it last published, overload timers) is rebuilt from the store after a restart, and
