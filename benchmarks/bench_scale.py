@@ -357,7 +357,12 @@ def main() -> None:
         # --- ingest ---
         time.sleep(2)
         m0, sent0, cpu = scrape(http_port), s.total("telemetry"), Cpu(procs)
-        time.sleep(ingest_s)
+        if args.profile and args.no_rollout:  # the docstring's promise: ingest is what there is to profile
+            assert ctl.pid is not None
+            ingest_top = py_spy_top(ctl.pid, ingest_s, tmp / "controller-ingest.spy")
+        else:
+            time.sleep(ingest_s)
+            ingest_top = []
         m1, sent1, ingest_cpu = scrape(http_port), s.total("telemetry"), cpu.percent()
         got = m1["edgectl_messages_total"] - m0["edgectl_messages_total"]
         sent = sent1 - sent0
@@ -365,6 +370,10 @@ def main() -> None:
                              "received_per_s": round(got / ingest_s, 1), "cpu_percent": ingest_cpu}
         print(f"ingest: {sent / ingest_s:.0f} heartbeats/s sent, controller received {got / ingest_s:.0f} msg/s "
               f"(ratio {got / max(1, sent):.2f}); CPU % of one core: {ingest_cpu}", flush=True)
+        if ingest_top:
+            print("  py-spy, controller during ingest (top of stack, share of samples):")
+            for ln in ingest_top:
+                print(f"    {ln}")
 
         # --- rollout ---
         if not args.no_rollout:
