@@ -13,7 +13,11 @@ sha256 (``check_file``), reporting downloading → verifying → serving as the 
 the probe child process, loading a runtime and serving; the files are deleted once verified.
 
 All connections share one network thread (paho's external-loop API over a selector) instead of
-the agent transport's two threads each, so 10,000 fit in one process.
+the agent transport's two threads each, so 10,000 fit in one process. Installs run on a pool of
+``--installers`` threads (default 64) rather than one thread per device: with all 1,000 devices
+told at once, 1,000 fetch threads fighting over one GIL starved the network thread and the
+whole simulator stalled (no chunk request left it for a minute). A device whose install waits
+for a pool thread has not reported ``downloading`` yet; its wait counts in the rollout time.
 
 Control on stdin, one command a line: ``kill ID`` (drop the socket, no DISCONNECT: the broker
 sends the will), ``revive ID`` (connect again), ``quit``. Every second a JSON line on stdout:
@@ -33,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +270,7 @@ class SimDevice:
                     self.report(dep.name, "serving", dep.manifest_sha256)
                 elif dep.manifest_sha256 not in self.installing:
                     self.installing.add(dep.manifest_sha256)
-                    threading.Thread(target=self.install, args=(dep,), daemon=True).start()
+                    self.fleet.installers.submit(self.install, dep)
 
     # --- the agent's fetch and verify path ---
     def report(self, deployment: str, state: str, sha: str, reason: str | None = None) -> None:
@@ -306,6 +311,7 @@ class SimFleet:
         self.trusted = load_trusted_key_bytes((Path(args.trusted),))
         self.fetch_cfg = FetchConfig(window=args.window, timeout_s=args.fetch_timeout)
         self.mux = Mux()
+        self.installers = ThreadPoolExecutor(max_workers=args.installers, thread_name_prefix="install")
         self.killed: dict[str, bool] = {}
         self.counters: dict[str, int] = {}
         self._clock = threading.Lock()
@@ -378,6 +384,7 @@ def main() -> None:
     p.add_argument("--connect-rate", type=float, default=2000.0)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--fetch-timeout", type=float, default=10.0)
+    p.add_argument("--installers", type=int, default=64, help="install threads shared by the devices")
     args = p.parse_args()
     fleet = SimFleet(args)
     for target in (fleet.mux.run, fleet.stats_loop, fleet.telemetry_loop, fleet.commands):

@@ -19,6 +19,7 @@ from fleet.store.base import (
     Invalid,
     ModelVersion,
     NotFound,
+    ReportItem,
     Rollout,
     SchemaError,
     Snapshot,
@@ -32,6 +33,6 @@ from fleet.store.sql import DB_NAME, DEFAULT_SETTINGS, SqlStore, StoreSettings, 
 
 __all__ = [
     "DB_NAME", "DEFAULT_SETTINGS", "Conflict", "Event", "Ingested", "Invalid", "ModelVersion", "NotFound",
-    "Rollout", "SchemaError", "Snapshot", "SqlStore", "Store", "StoreError", "StoreSettings", "StoreUnavailable",
-    "TelemetryItem", "open_store", "sqlite_url", "variants_from_manifest",
+    "ReportItem", "Rollout", "SchemaError", "Snapshot", "SqlStore", "Store", "StoreError", "StoreSettings",
+    "StoreUnavailable", "TelemetryItem", "open_store", "sqlite_url", "variants_from_manifest",
 ]

@@ -120,6 +120,28 @@ class TelemetryItem:
 
 
 @dataclass(frozen=True)
+class ReportItem:
+    """One ``devices/{id}/report`` message, as ``record_reports`` ingests it: the placement of
+    ``deployment`` on ``device`` is now ``state``. ``ts`` is when the controller received it (it
+    becomes the placement's ``since``); ``manifest_sha256`` (when the agent names it) must be the
+    bound artifact's, or the report is about an older binding and is skipped."""
+
+    deployment: str
+    device: str
+    state: str
+    reason: str | None
+    ts: float
+    manifest_sha256: str | None = None
+
+
+# What ``record_reports`` did with each report, in order.
+APPLIED = "applied"  # written
+STALE = "stale"  # names another artifact than the one bound now: skipped
+GONE = "gone"  # no such placement (removed, re-placed elsewhere, a late report): skipped
+INVALID = "invalid"  # a state the store does not know: skipped
+
+
+@dataclass(frozen=True)
 class Ingested:
     """What a telemetry batch did: devices it updated, brought back, or did not know."""
 
@@ -256,6 +278,12 @@ class Store(Protocol):
     def set_placement_state(self, deployment: str, device: str, state: str, reason: str | None, ts: float,
                             manifest_sha256: str | None = None) -> bool:
         """False (nothing written) when ``manifest_sha256`` names another artifact than the bound one."""
+        ...
+
+    def record_reports(self, items: Sequence[ReportItem]) -> list[str]:
+        """Many placement reports in one transaction, applied in the order given (one device's
+        reports stay in the order it sent them); for each, ``APPLIED``, ``STALE``, ``GONE`` or
+        ``INVALID`` (a report that cannot apply is skipped, the others still land)."""
         ...
 
     def list_placements(self, deployment: str | None = None, device: str | None = None) -> list[Placement]: ...

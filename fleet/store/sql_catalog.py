@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from edgectl.wire import REPORT_STATES
 from fleet.model import DeploymentSpec, Placement, Variant
 from fleet.store import schema
-from fleet.store.base import Conflict, Invalid, ModelVersion, NotFound
+from fleet.store.base import APPLIED, GONE, INVALID, STALE, Conflict, Invalid, ModelVersion, NotFound, ReportItem
 from fleet.store.schema import (
     deployment_of,
     deployment_row,
@@ -233,6 +233,21 @@ class CatalogOps(SqlBase):
             conn.execute(placements.update().where(p.deployment == deployment, p.device == device)
                          .values(state=state, reason=reason, since=ts))
             return True
+
+    def record_reports(self, items: Sequence[ReportItem]) -> list[str]:
+        outcomes = []
+        with self.atomic():  # one transaction (and one fsync) for the batch
+            for it in items:
+                try:
+                    ok = self.set_placement_state(it.deployment, it.device, it.state, it.reason, it.ts,
+                                                  manifest_sha256=it.manifest_sha256)
+                except NotFound:
+                    outcomes.append(GONE)
+                except Invalid:
+                    outcomes.append(INVALID)
+                else:
+                    outcomes.append(APPLIED if ok else STALE)
+        return outcomes
 
     def list_placements(self, deployment: str | None = None, device: str | None = None) -> list[Placement]:
         stmt = placement_select()

@@ -3,6 +3,7 @@ agents on the in-memory broker around a real controller."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -20,7 +21,8 @@ from edgectl.manifest import attach_signature, dumps
 from edgectl.signing import load_private_key
 from edgectl.transport.base import Will
 from edgectl.transport.memory import MemoryBroker, MemoryTransport
-from fleet.config import FleetConfig
+from fleet.config import FleetConfig, OverloadConfig
+from fleet.scheduler import DEFAULTS
 
 
 def make_version(src: Path, dst: Path, private_key: Path, *, tag: str, break_selftest: bool = False) -> Path:
@@ -64,9 +66,15 @@ class MemoryFleet:
         self.agents: dict[str, Agent] = {}
 
     def fleet_config(self, **over: Any) -> FleetConfig:
+        # Every agent here reports this host's CPU, which whatever else runs on the machine loads:
+        # with the default 90 % limit a busy host left every device unschedulable until a calm
+        # sample came in (tests took 20-60 s instead of 2, or timed out). The CPU filter and the
+        # overload move have their own tests with fake devices; here they are switched off.
         base: dict[str, Any] = dict(store_url=str(self.tmp_path / "fleet.db"), artifact_dir=self.tmp_path / "artifacts",
                                     trusted_keys=(self.public_key,), heartbeat_timeout_s=30.0,
-                                    reconcile_interval_s=0.1)
+                                    reconcile_interval_s=0.1,
+                                    scheduler=dataclasses.replace(DEFAULTS, max_cpu_percent=100.0),
+                                    overload=OverloadConfig(cpu_percent=100.0))
         base.update(over)
         return FleetConfig(**base)
 

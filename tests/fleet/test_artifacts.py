@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from edgectl import wire
 from edgectl.transport.base import Message
 from edgectl.transport.memory import MemoryBroker, MemoryTransport
 from fleet.artifacts import ArtifactStore, ArtifactStoreError, ChunkServer
+from tests.fleet.fleet_rig import wait_until
 
 
 @pytest.fixture
@@ -85,6 +87,60 @@ def test_never_replies_outside_the_reply_prefix(rig, tmp_path: Path, reply_to: s
     while not replies.empty():
         seen.append(replies.get().topic)
     assert seen == [wire.CHUNK_REQUEST_TOPIC]
+
+
+def test_a_chunk_asked_again_comes_from_the_cache(rig, tmp_path: Path) -> None:
+    _broker, store, server, client, replies = rig
+    src = tmp_path / "f"
+    src.write_bytes(os.urandom(5000))
+    sha = store.put_file(src)
+    answers = []
+    for _ in range(2):
+        _ask(client, wire.chunk_request_message(wire.ChunkRequest(sha, 0, 4096)), wire.chunk_reply_topic("dev-1"))
+        msg = _reply(replies)
+        answers.append((msg.payload, msg.user_properties))
+    assert answers[0] == answers[1] and answers[0][0] == src.read_bytes()[:4096]
+    assert server._cache.hits == 1 and server.served == 2
+
+
+def test_a_stuck_reply_holds_up_no_other_handler_and_re_sends_are_queued_once(tmp_path: Path) -> None:
+    """Chunks are answered on the server's thread: the transport's dispatcher stays free."""
+    release = threading.Event()
+
+    class Stuck(ChunkServer):
+        def _reply(self, msg: Message, payload: bytes, props: tuple[tuple[str, str], ...]) -> None:
+            release.wait(10)
+            super()._reply(msg, payload, props)
+
+    broker = MemoryBroker()
+    server_t = MemoryTransport(broker, "controller")
+    other: queue.Queue[Message] = queue.Queue()
+    server_t.subscribe(f"{wire.PREFIX}/devices/+/report", other.put)
+    store = ArtifactStore(tmp_path / "store")
+    src = tmp_path / "f"
+    src.write_bytes(b"x" * 100)
+    sha = store.put_file(src)
+    server = Stuck(server_t, store)
+    server.start()
+    server_t.start()
+    client = MemoryTransport(broker, "dev-1")
+    client.start()
+    try:
+        ask = wire.chunk_request_message(wire.ChunkRequest(sha, 0, 10))
+        _ask(client, ask, wire.chunk_reply_topic("dev-1"))
+        client.publish(wire.report_topic("dev-1"), b"{}")
+        assert other.get(timeout=5).topic == wire.report_topic("dev-1")  # while the reply is stuck
+        wait_until("the first request taken off the queue", lambda: server.queued == 0, timeout=5)
+        # The device re-sends twice while the first answer is stuck: one copy is queued, not two.
+        _ask(client, ask, wire.chunk_reply_topic("dev-1"))
+        _ask(client, ask, wire.chunk_reply_topic("dev-1"))
+        assert broker.drain(5)
+        assert server.duplicates == 1 and server.queued == 1
+    finally:
+        release.set()
+        server.stop()
+        client.stop()
+        server_t.stop()
 
 
 def test_store_is_content_addressed_and_rejects_bad_names(tmp_path: Path) -> None:

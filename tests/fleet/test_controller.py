@@ -4,6 +4,7 @@ back, restart — with real signed artifacts, real runtimes and a real SQLite st
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +13,13 @@ import pytest
 
 from edge_agent.verify import load_trusted_keys
 from edgectl import wire
-from edgectl.transport.memory import MemoryTransport
+from edgectl.transport.base import Message
+from edgectl.transport.memory import MemoryBroker, MemoryTransport
 from fleet.artifacts import ArtifactStore
 from fleet.controller import Controller
-from fleet.model import DeploymentSpec
+from fleet.model import DeploymentSpec, Device, Placement
 from fleet.ops import deploy, publish_dir, status
-from fleet.store import open_store
+from fleet.store import StoreUnavailable, open_store, variants_from_manifest
 from tests.fleet.fleet_rig import MemoryFleet, make_version, wait_until
 
 
@@ -169,9 +171,12 @@ def test_metrics_and_status_over_http(fleet, digits_artifacts) -> None:
 
 def test_sustained_overload_moves_a_replica_with_hysteresis(tmp_path: Path, digits_artifacts) -> None:
     from fleet.config import OverloadConfig
+    from fleet.scheduler import DEFAULTS
 
     f = MemoryFleet(tmp_path, digits_artifacts.public_key)
-    ctl = Controller(f.fleet_config(overload=OverloadConfig(cpu_percent=80, window_s=0.5, cooldown_s=60)),
+    # The fake devices' CPU is what the test says: the scheduler's CPU filter (90 %) is back on.
+    ctl = Controller(f.fleet_config(overload=OverloadConfig(cpu_percent=80, window_s=0.5, cooldown_s=60),
+                                    scheduler=DEFAULTS),
                      transport=MemoryTransport(f.broker, "controller"))
     ctl.start()
     fake = MemoryTransport(f.broker, "fakes")
@@ -209,3 +214,95 @@ def test_sustained_overload_moves_a_replica_with_hysteresis(tmp_path: Path, digi
         fake.stop()
         f.stop()
         ctl.stop()
+
+
+# --- report batching (no agents: the handlers and the flush called directly) -----------------
+
+SHA_V1, SHA_OTHER = "1" * 64, "2" * 64
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Iterator[Controller]:
+    """A controller that is not started, with digits placed (pending) on dev-a and dev-b."""
+    cfg = MemoryFleet(tmp_path, tmp_path / "key.pub").fleet_config()
+    ctl = Controller(cfg, transport=MemoryTransport(MemoryBroker(), "controller"))
+    manifest = {"target": {"name": "x86_64-avx2", "arch": "x86_64", "isa": ["avx2"]}, "variants": [
+        {"file": "m.int8.onnx", "precision": "int8", "format": "onnx", "runtime": "onnxruntime"}]}
+    variants = variants_from_manifest("digits", manifest, SHA_V1, 100)
+    version = ctl.store.register_model("digits", variants, {"x86_64-avx2": manifest})
+    ctl.store.create_deployment(DeploymentSpec("digits", "digits", version, replicas=2))
+    for dev in ("dev-a", "dev-b"):
+        ctl.store.upsert_device(Device(id=dev, arch="x86_64", online=True), {})
+        ctl.store.bind(Placement("digits", dev, ctl.store.get_variants("digits", version)[0], since=1.0))
+    yield ctl
+    ctl.store.close()
+
+
+def _report(ctl: Controller, dev: str, state: str, sha: str = SHA_V1, deployment: str = "digits") -> None:
+    body = wire.report_message(dev, deployment, state, manifest_sha256=sha, generation=1, reason="why", ts=1.0)
+    ctl._on_report(Message(wire.report_topic(dev), body))
+
+
+def _states(ctl: Controller) -> dict[str, str]:
+    return {p.device: p.state for p in ctl.store.list_placements("digits")}
+
+
+def test_reports_are_queued_then_committed_in_arrival_order(bare: Controller) -> None:
+    ctl = bare
+    for state in ("downloading", "verifying", "serving"):
+        _report(ctl, "dev-a", state)
+    for state in ("serving", "failed"):
+        _report(ctl, "dev-b", state)
+    assert _states(ctl) == {"dev-a": "pending", "dev-b": "pending"}  # the handler wrote nothing
+    assert not ctl.wake.is_set()
+    ctl.flush_reports()
+    assert _states(ctl) == {"dev-a": "serving", "dev-b": "failed"}  # each device's last report won
+    assert ctl.wake.is_set()
+    assert [e.kind for e in ctl.store.list_events(subject="digits")] == ["failed"]
+
+
+def test_the_reconcile_loop_is_woken_after_the_commit(bare: Controller, tmp_path: Path) -> None:
+    ctl = bare
+    other = open_store(ctl.cfg.store_url)  # another connection: sees committed rows only
+    seen: list[dict[str, str]] = []
+
+    class Spy(threading.Event):
+        def set(self) -> None:
+            seen.append({p.device: p.state for p in other.list_placements("digits")})
+            super().set()
+
+    ctl.wake = Spy()
+    _report(ctl, "dev-a", "serving")
+    ctl.flush_reports()
+    other.close()
+    assert seen == [{"dev-a": "serving", "dev-b": "pending"}]
+
+
+def test_reports_that_cannot_apply_are_dropped_without_a_wake(bare: Controller) -> None:
+    ctl = bare
+    _report(ctl, "dev-a", "serving", sha=SHA_OTHER)  # about an artifact no longer bound
+    _report(ctl, "dev-a", "failed", deployment="gone")  # about a placement that is gone
+    _report(ctl, "dev-b", "removed")  # nothing to record
+    _report(ctl, "dev-b", "downloading")  # applies, but nothing for the loop to act on
+    ctl.flush_reports()
+    assert _states(ctl) == {"dev-a": "pending", "dev-b": "downloading"}
+    assert not ctl.wake.is_set()
+    assert ctl.store.list_events(subject="gone") == []
+
+
+def test_a_batch_the_store_refuses_is_kept_for_the_next_flush(bare: Controller, monkeypatch) -> None:
+    ctl = bare
+    _report(ctl, "dev-b", "downloading")
+    _report(ctl, "dev-a", "downloading")
+    real = ctl.store.record_reports
+
+    def locked(items):
+        raise StoreUnavailable("locked")
+
+    monkeypatch.setattr(ctl.store, "record_reports", locked)
+    ctl.flush_reports()
+    _report(ctl, "dev-a", "serving")
+    monkeypatch.setattr(ctl.store, "record_reports", real)
+    ctl.flush_reports()
+    # Nothing lost, and the retried report did not land after the newer one.
+    assert _states(ctl) == {"dev-a": "serving", "dev-b": "downloading"}

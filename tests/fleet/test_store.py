@@ -22,6 +22,7 @@ from fleet.store import (
     Conflict,
     Invalid,
     NotFound,
+    ReportItem,
     SchemaError,
     SqlStore,
     StoreError,
@@ -32,6 +33,7 @@ from fleet.store import (
     sql_log,
     variants_from_manifest,
 )
+from fleet.store.base import APPLIED, GONE, INVALID, STALE
 
 REPO = Path(__file__).resolve().parents[2]
 SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64
@@ -400,6 +402,21 @@ def test_placement_reports_are_checked(placed) -> None:
         store.set_placement_state("digits", "pi-1", "exploded", None, 1.0)
     with pytest.raises(NotFound, match="deployment 'digits' is not placed on 'pi-9': a late report"):
         store.set_placement_state("digits", "pi-9", "serving", None, 1.0)
+
+
+def test_a_report_batch_applies_in_order_and_skips_what_cannot_apply(placed) -> None:
+    store, variant = placed
+    store.upsert_device(device(2), {})
+    store.bind(Placement("digits", "pi-2", variant, since=100.0))
+    items = [ReportItem("digits", "pi-1", "downloading", None, 201.0, SHA_A),
+             ReportItem("digits", "pi-9", "serving", None, 202.0, SHA_A),  # not placed there
+             ReportItem("digits", "pi-1", "serving", None, 203.0, SHA_A),
+             ReportItem("digits", "pi-2", "failed", "OOM", 204.0, SHA_B),  # about another artifact
+             ReportItem("digits", "pi-2", "exploded", None, 205.0)]
+    assert store.record_reports(items) == [APPLIED, GONE, APPLIED, STALE, INVALID]
+    states = {p.device: (p.state, p.since) for p in store.list_placements("digits")}
+    assert states == {"pi-1": ("serving", 203.0), "pi-2": ("pending", 100.0)}  # the later report won
+    assert store.record_reports([]) == []
 
 
 def test_bind_refuses_unknown_records(placed) -> None:
