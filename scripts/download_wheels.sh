@@ -5,7 +5,7 @@
 #   scripts/download_wheels.sh arm64 build/images/wheels-arm64
 #
 # DEST/edgectl/ gets edgectl's own wheel (built from this checkout), DEST/deps/ the binary wheels of
-# edgectl[agent] + ai-edge-litert for CPython 3.11 (Debian bookworm's and python:3.11-slim's): two
+# edgectl[agent,fleet] + ai-edge-litert for CPython 3.11 (Debian bookworm's and python:3.11-slim's): two
 # layers, so a code change rebuilds only the small one.
 # Downloads are cached in pip's cache; PYTHON picks the interpreter that runs pip; EDGECTL_WHEEL
 # names an edgectl wheel already built (build_images.sh builds it once for both arches).
@@ -19,7 +19,8 @@ case "$arch" in
     arm64) m=aarch64 ;;
     *) echo "download_wheels: unknown arch $arch (amd64 or arm64)" >&2; exit 2 ;;
 esac
-# What the image runs: the agent extra, plus LiteRT for TFLite artifacts.
+# What the image runs: the agent extra, plus LiteRT for TFLite artifacts; the fleet extra (SQLAlchemy)
+# so the same image also runs the controller (`--entrypoint edgectl … fleet serve`).
 extra_reqs=(ai-edge-litert)
 rm -rf "$dest"
 mkdir -p "$dest/edgectl" "$dest/deps"
@@ -35,6 +36,6 @@ for tag in manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux_
 done
 "$PY" -m pip download -q --only-binary=:all: "${platforms[@]}" \
     --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
-    -d "$dest/deps" "edgectl[agent] @ file://$(realpath "$own")" "${extra_reqs[@]}" >&2
+    -d "$dest/deps" "edgectl[agent,fleet] @ file://$(realpath "$own")" "${extra_reqs[@]}" >&2
 rm "$dest/deps/$(basename "$own")"
 ls "$dest"/*

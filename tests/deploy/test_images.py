@@ -176,3 +176,46 @@ def test_image_pulls_selftests_and_serves_the_promised_answer(
     finally:
         container.remove()
         t.stop()
+
+
+def test_the_controller_runs_from_the_agent_image(agent_images, digits_artifacts, mosquitto, tmp_path: Path) -> None:
+    """deploy/k8s/controller.yaml runs `edgectl fleet serve` from the agent image: here the amd64
+    image as that non-root user, its SQLite store on the image's volume, against the host's
+    Mosquitto, and a real agent (a host process) shows up online in its status."""
+    from tests.edge_agent.agent_rig import AgentProcess
+
+    port = free_port()
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "fleet.pub").write_bytes(digits_artifacts.public_key.read_bytes())
+    (conf / "fleet.toml").write_text(
+        f'broker_url = "{mosquitto.url}"\nstore_url = "/var/lib/edgectl-agent/fleet.db"\n'
+        f'artifact_dir = "/var/lib/edgectl-agent/artifacts"\ntrusted_keys = ["fleet.pub"]\n'
+        f'http_host = "127.0.0.1"\nhttp_port = {port}\n'
+    )
+    for p in (tmp_path, conf, *conf.iterdir()):  # the container runs as a non-root user
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    name = f"edgectl-test-controller-{os.getpid()}"
+    _run("docker", "rm", "-f", "-v", name, check=False)
+    _run("docker", "run", "-d", "--name", name, "--network", "host", "-v", f"{conf}:/etc/edgectl:ro",
+         "--entrypoint", "edgectl", agent_images["amd64"], "fleet", "serve", "--config", "/etc/edgectl/fleet.toml")
+    agent = AgentProcess(tmp_path, "dev-host-1", mosquitto.url, digits_artifacts.public_key)
+    try:
+        agent.start()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                status, body = http_json(port, "GET", "/v1/status", timeout=5)
+            except OSError:  # not listening yet
+                status, body = 0, None
+            devices = {d["id"]: d for d in body["devices"]} if status == 200 else {}
+            if devices.get("dev-host-1", {}).get("online"):
+                break
+            logs = _run("docker", "logs", "--tail", "30", name, check=False)
+            assert time.monotonic() < deadline, (status, body, logs.stdout[-2000:], logs.stderr[-2000:])
+            time.sleep(0.5)
+        assert http_json(port, "GET", "/healthz")[0] == 200
+        assert _run("docker", "exec", name, "id", "-u").stdout.strip() != "0"
+    finally:
+        agent.terminate()
+        _run("docker", "rm", "-f", "-v", name, check=False)
