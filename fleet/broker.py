@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from edgectl.errors import EdgectlError, UserError
 
@@ -104,14 +104,30 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def wait_listening(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> bool:
-    """Poll until ``proc`` accepts connections on ``port``: False if it exits first or ``timeout`` passes."""
+class NotListening(Exception):
+    """The child of ``spawn_listening`` exited (``code``) or kept silent (``code`` None, stopped)."""
+
+    def __init__(self, code: int | None) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def spawn_listening(command: list[str], host: str, port: int, timeout: float, *, stdout: IO[bytes] | int,
+                    stderr: IO[bytes] | int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a session of its own (SIGTERM'd if our thread dies) and poll until it
+    accepts connections on ``host:port``. If it exits first, or ``timeout`` passes (it is then
+    stopped), raise ``NotListening``: nothing is left running either way."""
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env,
+                            start_new_session=True, preexec_fn=_die_with_parent())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if accepts_connections(host, port, timeout=0.2):
-            return True
+            return proc
         time.sleep(0.05)
-    return False
+    code = proc.poll()
+    if code is None:
+        stop_child(proc, 10.0)
+    raise NotListening(code)
 
 
 def stop_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -182,18 +198,16 @@ class BrokerProcess:
             raise BrokerError(f"{self.host}:{self.port} is already in use by another process: stop it or "
                               "choose another port")
         self.dir.mkdir(parents=True, exist_ok=True)
-        with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                         start_new_session=True, preexec_fn=_die_with_parent())
-        if wait_listening(self.proc, self.host, self.port, timeout):
-            return
-        code = self.proc.poll()
-        if code is not None:
-            self.proc = None
-            raise BrokerError(f"{self.kind} exited with code {code} on {self.host}:{self.port}: {self._log_tail()}")
-        self.stop()
-        raise BrokerError(f"{self.kind} did not accept connections on {self.host}:{self.port} within {timeout:g} s: "
-                          f"{self._log_tail()}")
+        try:
+            with self.stderr_path.open("wb") as err:
+                self.proc = spawn_listening(command, self.host, self.port, timeout, stdout=subprocess.DEVNULL,
+                                            stderr=err)
+        except NotListening as exc:
+            if exc.code is not None:
+                raise BrokerError(f"{self.kind} exited with code {exc.code} on {self.host}:{self.port}: "
+                                  f"{self._log_tail()}") from None
+            raise BrokerError(f"{self.kind} did not accept connections on {self.host}:{self.port} within "
+                              f"{timeout:g} s: {self._log_tail()}") from None
 
     def _log_tail(self, lines: int = 3) -> str:
         text = ""

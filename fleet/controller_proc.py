@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from edgectl.errors import EdgectlError
-from fleet.broker import _die_with_parent, stop_child, wait_listening
+from fleet.broker import NotListening, spawn_listening, stop_child
 
 
 class ControllerError(EdgectlError):
@@ -48,20 +48,17 @@ class ControllerProcess:
         root = str(Path(__file__).resolve().parent.parent)  # works from a source tree, too
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgectl", "fleet", "serve", "-c", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=_die_with_parent())
-        if wait_listening(self.proc, "127.0.0.1", self.http_port, timeout):
-            return self.proc.pid
-        code = self.proc.poll()
-        if code is not None:
-            self.proc = None
-            raise ControllerError(f"the controller exited with code {code}; see {self.log_path}")
-        self.stop()
-        raise ControllerError(f"the controller did not open port {self.http_port} within {timeout:g} s; "
-                              f"see {self.log_path}")
+        command = [sys.executable, "-m", "edgectl", "fleet", "serve", "-c", str(self.config)]
+        try:
+            with self.log_path.open("ab") as out:
+                self.proc = spawn_listening(command, "127.0.0.1", self.http_port, timeout, stdout=out,
+                                            stderr=subprocess.STDOUT, env=env)
+        except NotListening as exc:
+            if exc.code is not None:
+                raise ControllerError(f"the controller exited with code {exc.code}; see {self.log_path}") from None
+            raise ControllerError(f"the controller did not open port {self.http_port} within {timeout:g} s; "
+                                  f"see {self.log_path}") from None
+        return self.proc.pid
 
     def kill(self) -> int | None:
         """SIGKILL and reap; returns the pid killed."""
